@@ -1,0 +1,53 @@
+# encom — `make up` runs a single-machine cluster, `make test` runs every check.
+SHELL := /bin/bash
+APT_PACKAGES := runc haproxy git openssh-client curl ca-certificates socat wrk
+STATE_DIR ?= /var/lib/encom
+export UV_LINK_MODE := copy
+export SSL_CERT_FILE ?= /etc/ssl/certs/ca-certificates.crt
+
+.PHONY: setup up down test lint typecheck pytest bench clean
+
+setup: .venv/.synced
+
+.apt-ok:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+	@touch $@
+
+.uv-ok: .apt-ok
+	@command -v uv >/dev/null 2>&1 || python3 -m pip install -q uv
+	@touch $@
+
+.venv/.synced: .uv-ok pyproject.toml uv.lock
+	uv sync --frozen
+	@touch $@
+
+uv.lock: pyproject.toml .uv-ok
+	uv lock
+
+up: setup
+	uv run python -m encom.bootstrap up --state-dir $(STATE_DIR)
+
+down: setup
+	uv run python -m encom.bootstrap down --state-dir $(STATE_DIR)
+
+lint: setup
+	uv run ruff check src tests bench
+	uv run ruff format --check src tests bench
+
+typecheck: setup
+	uv run mypy
+
+pytest: setup
+	uv run pytest -q -ra
+
+test: lint typecheck pytest
+
+bench: setup
+	uv run python -m bench
+
+clean:
+	rm -rf .venv .apt-ok .uv-ok

@@ -1,0 +1,101 @@
+"""Cluster settings: one file per data dir (`encomd.json`), written by bootstrap and read by every role."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import uuid
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+ALL_ROLES = ("discoverd", "blobstore", "host", "controller", "scheduler", "router", "gitreceive")
+SETTINGS_FILE = "encomd.json"
+
+
+class Ports(BaseModel):
+    controller: int = 8081
+    discoverd: int = 1111
+    blobstore: int = 1112
+    host: int = 1113
+    router_http: int = 80
+    router_https: int = 443
+    gitreceive: int = 2222
+    job_start: int = 55000
+    job_end: int = 55999
+    tcp_route_start: int = 3000
+    tcp_route_end: int = 3500
+
+    def shifted(self, offset: int) -> Ports:
+        """The same layout moved by `offset` (tests run several clusters side by side on high ports)."""
+        return Ports(**{name: value + offset for name, value in self.model_dump().items()})
+
+
+class Settings(BaseModel):
+    data_dir: Path
+    bind: str = "127.0.0.1"
+    domain: str = "encom.localhost"
+    cluster_key: str = Field(default_factory=lambda: secrets.token_hex(16))
+    internal_secret: str = Field(default_factory=lambda: secrets.token_hex(32))
+    host_id: str = Field(default_factory=lambda: uuid.uuid4().hex[:12])
+    ports: Ports = Field(default_factory=Ports)
+    roles: list[str] = Field(default_factory=lambda: list(ALL_ROLES))
+    container_runtime: str = "runc"
+
+    # Derived locations. Each component owns its own directory under data_dir.
+    def dir(self, component: str) -> Path:
+        path = self.data_dir / component
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.dir("tls")
+
+    @property
+    def ca_cert_path(self) -> Path:
+        return self.tls_dir / "ca.pem"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.dir("log")
+
+    def url(self, role: str) -> str:
+        """Where a role listens, as seen from this machine."""
+        port = getattr(self.ports, role)
+        scheme = "https" if role == "controller" else "http"
+        return f"{scheme}://{self.bind}:{port}"
+
+    @property
+    def controller_url(self) -> str:
+        return self.url("controller")
+
+    @property
+    def discoverd_url(self) -> str:
+        return self.url("discoverd")
+
+    @property
+    def blobstore_url(self) -> str:
+        return self.url("blobstore")
+
+    @property
+    def host_url(self) -> str:
+        return self.url("host")
+
+    def save(self) -> Path:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        path = self.data_dir / SETTINGS_FILE
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self.model_dump_json(indent=2))
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, data_dir: Path) -> Settings:
+        path = data_dir / SETTINGS_FILE
+        data = json.loads(path.read_text())
+        data["data_dir"] = str(data_dir)
+        return cls.model_validate(data)

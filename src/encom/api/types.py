@@ -1,0 +1,342 @@
+"""Wire types: every JSON body that crosses a component boundary is one of these, used by both sides."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+APP_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+APP_NAME_RULE = (
+    "app name must start with a lowercase letter and contain only lowercase letters, digits and dashes "
+    "(at most 63 characters)"
+)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def service_name(app_name: str, process_type: str) -> str:
+    """The discoverd service of an app's HTTP process type: `<app>-web`, `<app>-admin-web`."""
+    return f"{app_name}-{process_type}"
+
+
+def is_web_type(process_type: str) -> bool:
+    return process_type == "web" or process_type.endswith("-web")
+
+
+class Wire(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+# ---------------------------------------------------------------- controller resources
+
+
+class Resources(Wire):
+    """Per-process limits. Units: bytes for memory/temp_disk, milli-CPU for cpu (1000 = one core)."""
+
+    memory: int = 1 << 30
+    cpu: int = 1000
+    max_fd: int = 10000
+    max_procs: int | None = None
+    temp_disk: int = 100 << 20
+
+
+class ProcessType(Wire):
+    cmd: str  # the Procfile command, run with `bash -c` after sourcing /app/.profile.d/*
+    env: dict[str, str] = Field(default_factory=dict)
+    resources: Resources = Field(default_factory=Resources)
+
+
+class AppCreate(Wire):
+    name: str
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, v: str) -> str:
+        if not APP_NAME_RE.match(v):
+            raise ValueError(APP_NAME_RULE)
+        return v
+
+
+class App(Wire):
+    id: str
+    name: str
+    release_id: str | None = None
+    strategy: str = "all-at-once"
+    meta: dict[str, str] = Field(default_factory=dict)
+    created_at: datetime
+    updated_at: datetime
+
+
+class AppDeleted(Wire):
+    app: App
+    deleted_routes: int
+    deleted_releases: int
+
+
+class KeyCreate(Wire):
+    key: str  # an OpenSSH public key line: "<type> <base64> [comment]"
+
+
+class Key(Wire):
+    fingerprint: str  # "SHA256:<base64 without padding>", as ssh-keygen -l prints it
+    key: str
+    comment: str = ""
+    created_at: datetime
+
+
+class ArtifactCreate(Wire):
+    type: Literal["slug"] = "slug"
+    url: str  # blobstore path of the slug tarball, e.g. "/slugs/<app-id>/<uuid>.tgz"
+    meta: dict[str, str] = Field(default_factory=dict)
+
+
+class Artifact(ArtifactCreate):
+    id: str
+    created_at: datetime
+
+
+class ReleaseCreate(Wire):
+    app_id: str
+    artifact_id: str | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    processes: dict[str, ProcessType] = Field(default_factory=dict)
+    meta: dict[str, str] = Field(default_factory=dict)
+
+
+class Release(ReleaseCreate):
+    id: str
+    version: int  # v1, v2, ... per app
+    created_at: datetime
+
+
+class FormationUpdate(Wire):
+    processes: dict[str, int]
+
+
+class Formation(Wire):
+    app_id: str
+    release_id: str
+    processes: dict[str, int]
+    updated_at: datetime
+
+
+class ExpandedFormation(Wire):
+    """What the scheduler needs to run a formation: the app, the full release and its artifact."""
+
+    app: App
+    release: Release
+    artifact: Artifact | None
+    processes: dict[str, int]
+    updated_at: datetime
+
+
+class DeployRequest(Wire):
+    release_id: str
+    # Counts for the new release; when omitted, the current formation's counts are carried over.
+    processes: dict[str, int] | None = None
+
+
+DeploymentStatus = Literal["pending", "running", "complete", "failed"]
+
+
+class Deployment(Wire):
+    id: str
+    app_id: str
+    old_release_id: str | None
+    new_release_id: str
+    strategy: str
+    status: DeploymentStatus
+    processes: dict[str, int]
+    error: str | None = None
+    created_at: datetime
+    finished_at: datetime | None = None
+
+
+JobState = Literal["pending", "starting", "up", "stopping", "down", "crashed", "failed"]
+ACTIVE_JOB_STATES = ("pending", "starting", "up", "stopping")
+
+
+class Job(Wire):
+    """A job as the controller records it (reported by the scheduler from host events)."""
+
+    id: str
+    app_id: str
+    release_id: str
+    type: str  # process type; "" for one-off jobs
+    host_id: str | None = None
+    state: JobState
+    port: int | None = None
+    exit_status: int | None = None
+    error: str | None = None
+    restarts: int = 0
+    created_at: datetime
+    updated_at: datetime
+
+
+class RouteCreate(Wire):
+    type: Literal["http", "tcp"] = "http"
+    domain: str | None = None  # http only
+    path: str = "/"  # http only
+    port: int | None = None  # tcp only; allocated from the TCP range when omitted
+    service: str | None = None  # defaults to "<app>-web"
+    sticky: bool = False
+
+
+class Route(Wire):
+    id: str
+    app_id: str
+    type: Literal["http", "tcp"]
+    domain: str | None = None
+    path: str = "/"
+    port: int | None = None
+    service: str
+    sticky: bool = False
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def ref(self) -> str:
+        return f"{self.type}/{self.id}"
+
+
+EventType = Literal[
+    "app",
+    "app_deletion",
+    "release",
+    "app_release",
+    "artifact",
+    "formation",
+    "deployment",
+    "job",
+    "route",
+    "route_deletion",
+    "key",
+    "key_deletion",
+]
+
+
+class Event(Wire):
+    id: int  # monotonic; SSE id, resumable with Last-Event-ID
+    app_id: str | None
+    object_type: EventType
+    object_id: str
+    data: dict[str, Any]
+    created_at: datetime
+
+
+# ---------------------------------------------------------------- logs
+
+
+class LogLine(Wire):
+    timestamp: datetime
+    app_id: str
+    job_id: str
+    process_type: str  # "" for one-off jobs
+    dyno: str = ""  # "web.1"
+    source: Literal["app", "router", "encom"] = "app"
+    stream: Literal["stdout", "stderr"] = "stdout"
+    msg: str
+
+    def format(self) -> str:
+        """`2026-11-24T19:00:00.123456Z app[web.1]: message`."""
+        ts = self.timestamp.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        name = self.dyno or self.process_type or "run"
+        return f"{ts} {self.source}[{name}]: {self.msg}"
+
+
+# ---------------------------------------------------------------- discoverd
+
+
+class InstanceRegistration(Wire):
+    addr: str  # "host:port"
+    proto: Literal["tcp", "http"] = "tcp"
+    meta: dict[str, str] = Field(default_factory=dict)
+
+
+class Instance(InstanceRegistration):
+    id: str
+    service: str
+    index: int  # registration order; the leader is the lowest index (oldest)
+    created_at: datetime
+
+
+ServiceEventKind = Literal["current", "up", "update", "down", "leader"]
+
+
+class ServiceEvent(Wire):
+    kind: ServiceEventKind
+    service: str
+    instance: Instance | None = None  # None only for "current"
+
+
+class ServiceMeta(Wire):
+    data: dict[str, Any]
+    index: int  # compare-and-swap: a write must carry the index it read (0 = create)
+
+
+# ---------------------------------------------------------------- host
+
+
+class HealthCheck(Wire):
+    type: Literal["tcp", "http"] = "tcp"
+    path: str = "/"
+    status: int = 200
+    interval: float = 0.1
+    start_timeout: float = 60.0
+
+
+class HostJobSpec(Wire):
+    """What the scheduler (or gitreceive, for builds) asks a host to run."""
+
+    id: str
+    app_id: str
+    app_name: str
+    release_id: str
+    process_type: str = ""  # "" for one-off and build jobs
+    dyno: str = ""  # "web.1"
+    artifact_url: str | None = None  # blobstore path of the slug extracted to /app; None = empty /app
+    cmd: str | None = None  # Procfile command, run through the slug runner (bash -c after .profile.d)
+    args: list[str] | None = None  # exec'd as is when cmd is None
+    env: dict[str, str] = Field(default_factory=dict)  # PORT is added by the host
+    port: bool = False  # allocate a host port and pass it as PORT
+    service: str | None = None  # register PORT in discoverd under this name once the check passes
+    check: HealthCheck | None = None
+    resources: Resources = Field(default_factory=Resources)
+    builder: bool = False  # mount encom's build tooling read-only at /encom (build jobs only)
+    stop_grace: float = 30.0
+
+
+HostJobState = Literal["starting", "up", "stopping", "down", "crashed", "failed"]
+
+
+class HostJob(Wire):
+    spec: HostJobSpec
+    host_id: str
+    state: HostJobState
+    port: int | None = None
+    pid: int | None = None
+    exit_status: int | None = None
+    error: str | None = None
+    created_at: datetime
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+
+class HostJobEvent(Wire):
+    host_id: str
+    job: HostJob
+
+
+class HostStatus(Wire):
+    id: str
+    url: str
+    jobs: int

@@ -1,0 +1,1 @@
+"""A plain HTTP file store for slugs, build caches and sources."""

@@ -1,0 +1,204 @@
+"""Client of the controller's REST API (HTTPS; the cluster key as Bearer or Basic password).
+
+API (errors are {"code", "message"}: 400 validation_error, 401 unauthorized, 404 not_found, 409 conflict):
+  GET    /ping                                      no auth
+  POST   /apps                    AppCreate         -> 201 App (also creates route http <name>.<domain>)
+  GET    /apps                                      -> list[App] (by name)
+  GET    /apps/{app}                                -> App          ({app} is an id or a name, everywhere)
+  DELETE /apps/{app}                                -> AppDeleted   (formations scaled to 0, routes and releases gone)
+  POST   /keys                    KeyCreate         -> 201 Key (400 not an ssh public key; 409 exists)
+  GET    /keys                                      -> list[Key]
+  DELETE /keys/{fingerprint}                        -> 204
+  POST   /artifacts               ArtifactCreate    -> 201 Artifact
+  GET    /artifacts/{id}                            -> Artifact
+  POST   /releases                ReleaseCreate     -> 201 Release (version = app's previous + 1)
+  GET    /releases/{id}                             -> Release
+  GET    /apps/{app}/releases                       -> list[Release], newest first
+  GET    /apps/{app}/release                        -> the current Release (404 when none)
+  POST   /apps/{app}/deploy       DeployRequest     -> Deployment: makes the release current and moves the
+                                                       formation to it (counts carried over, or `processes`)
+  GET    /apps/{app}/deployments                    -> list[Deployment], newest first
+  PUT    /apps/{app}/formations/{release_id} FormationUpdate -> Formation
+                                                       (400 `unknown process types: "foo"` for types not in the release)
+  GET    /apps/{app}/formations                     -> list[Formation]
+  GET    /apps/{app}/formations/{release_id}        -> Formation (404 when none)
+  GET    /formations                                -> list[ExpandedFormation] with a non-zero count
+  GET    /formations/{app_id}/{release_id}          -> ExpandedFormation
+  GET    /apps/{app}/jobs[?all=true]                -> list[Job] (active ones unless all)
+  GET    /jobs[?all=true]                           -> list[Job] across apps (the scheduler's view)
+  PUT    /jobs/{job_id}           Job               -> Job (upsert; the scheduler reports states here)
+  POST   /apps/{app}/routes       RouteCreate       -> 201 Route (409 `Duplicate route`)
+  GET    /apps/{app}/routes                         -> list[Route]
+  DELETE /apps/{app}/routes/{route_id}              -> 204 (route_id may be "<type>/<uuid>" or "<uuid>")
+  GET    /routes                                    -> list[Route] across apps (the router's view)
+  GET    /apps/{app}/log?lines=N[&process_type=T]   -> list[LogLine], oldest first (fan-in from every host)
+  GET    /events/last                               -> {"id": N}: the newest event id (0 when none)
+  GET    /events?app_id=&object_types=a,b&since_id=N  SSE of Event (SSE id = event id). With the Last-Event-ID
+                                                       header (or since_id) the stored events after that id come
+                                                       first, then live ones; without either, live ones only.
+                                                       To act and then wait without a race: read /events/last,
+                                                       act, then stream with since_id = that id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import quote
+
+from encom.api.client import ApiClient, Verify
+from encom.api.errors import ApiError
+from encom.api.types import (
+    App,
+    AppCreate,
+    AppDeleted,
+    Artifact,
+    ArtifactCreate,
+    Deployment,
+    DeployRequest,
+    Event,
+    ExpandedFormation,
+    Formation,
+    FormationUpdate,
+    Job,
+    Key,
+    KeyCreate,
+    LogLine,
+    Release,
+    ReleaseCreate,
+    Route,
+    RouteCreate,
+)
+
+
+class ControllerClient(ApiClient):
+    def __init__(self, url: str, key: str, verify: Verify = True, timeout: float = 30.0) -> None:
+        super().__init__(url, key, verify=verify, timeout=timeout)
+
+    # apps
+    async def create_app(self, name: str) -> App:
+        return await self.send_model("POST", App, "/apps", AppCreate(name=name))
+
+    async def list_apps(self) -> list[App]:
+        return await self.get_list(App, "/apps")
+
+    async def get_app(self, app: str) -> App:
+        return await self.get_model(App, f"/apps/{app}")
+
+    async def delete_app(self, app: str) -> AppDeleted:
+        return await self.send_model("DELETE", AppDeleted, f"/apps/{app}")
+
+    # keys
+    async def add_key(self, key: str) -> Key:
+        return await self.send_model("POST", Key, "/keys", KeyCreate(key=key))
+
+    async def list_keys(self) -> list[Key]:
+        return await self.get_list(Key, "/keys")
+
+    async def remove_key(self, fingerprint: str) -> None:
+        await self.request("DELETE", f"/keys/{quote(fingerprint, safe='')}")
+
+    # artifacts and releases
+    async def create_artifact(self, artifact: ArtifactCreate) -> Artifact:
+        return await self.send_model("POST", Artifact, "/artifacts", artifact)
+
+    async def get_artifact(self, artifact_id: str) -> Artifact:
+        return await self.get_model(Artifact, f"/artifacts/{artifact_id}")
+
+    async def create_release(self, release: ReleaseCreate) -> Release:
+        return await self.send_model("POST", Release, "/releases", release)
+
+    async def get_release(self, release_id: str) -> Release:
+        return await self.get_model(Release, f"/releases/{release_id}")
+
+    async def list_releases(self, app: str) -> list[Release]:
+        return await self.get_list(Release, f"/apps/{app}/releases")
+
+    async def current_release(self, app: str) -> Release | None:
+        try:
+            return await self.get_model(Release, f"/apps/{app}/release")
+        except ApiError as exc:
+            if exc.status == 404 and exc.code == "not_found" and "release" in exc.message.lower():
+                return None
+            raise
+
+    async def deploy(self, app: str, release_id: str, processes: dict[str, int] | None = None) -> Deployment:
+        body = DeployRequest(release_id=release_id, processes=processes)
+        return await self.send_model("POST", Deployment, f"/apps/{app}/deploy", body)
+
+    async def list_deployments(self, app: str) -> list[Deployment]:
+        return await self.get_list(Deployment, f"/apps/{app}/deployments")
+
+    # formations
+    async def put_formation(self, app: str, release_id: str, processes: dict[str, int]) -> Formation:
+        body = FormationUpdate(processes=processes)
+        return await self.send_model("PUT", Formation, f"/apps/{app}/formations/{release_id}", body)
+
+    async def get_formation(self, app: str, release_id: str) -> Formation | None:
+        try:
+            return await self.get_model(Formation, f"/apps/{app}/formations/{release_id}")
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def list_formations(self, app: str) -> list[Formation]:
+        return await self.get_list(Formation, f"/apps/{app}/formations")
+
+    async def active_formations(self) -> list[ExpandedFormation]:
+        return await self.get_list(ExpandedFormation, "/formations")
+
+    async def expanded_formation(self, app_id: str, release_id: str) -> ExpandedFormation:
+        return await self.get_model(ExpandedFormation, f"/formations/{app_id}/{release_id}")
+
+    # jobs
+    async def list_jobs(self, app: str, include_ended: bool = False) -> list[Job]:
+        params = {"all": "true"} if include_ended else None
+        return await self.get_list(Job, f"/apps/{app}/jobs", params=params)
+
+    async def all_jobs(self, include_ended: bool = False) -> list[Job]:
+        params = {"all": "true"} if include_ended else None
+        return await self.get_list(Job, "/jobs", params=params)
+
+    async def put_job(self, job: Job) -> Job:
+        return await self.send_model("PUT", Job, f"/jobs/{job.id}", job)
+
+    # routes
+    async def create_route(self, app: str, route: RouteCreate) -> Route:
+        return await self.send_model("POST", Route, f"/apps/{app}/routes", route)
+
+    async def list_routes(self, app: str) -> list[Route]:
+        return await self.get_list(Route, f"/apps/{app}/routes")
+
+    async def all_routes(self) -> list[Route]:
+        return await self.get_list(Route, "/routes")
+
+    async def delete_route(self, app: str, route_id: str) -> None:
+        await self.request("DELETE", f"/apps/{app}/routes/{route_id}")
+
+    # logs and events
+    async def app_log(self, app: str, lines: int = 100, process_type: str | None = None) -> list[LogLine]:
+        params: dict[str, Any] = {"lines": lines}
+        if process_type is not None:
+            params["process_type"] = process_type
+        return await self.get_list(LogLine, f"/apps/{app}/log", params=params)
+
+    async def last_event_id(self) -> int:
+        return int((await self.get_json("/events/last"))["id"])
+
+    async def events(
+        self,
+        app_id: str | None = None,
+        object_types: list[str] | None = None,
+        last_event_id: int | None = None,
+    ) -> AsyncIterator[Event]:
+        """Stored events after `last_event_id` (none when it is None), then live ones, until the server closes
+        the stream."""
+        params: dict[str, Any] = {}
+        if app_id:
+            params["app_id"] = app_id
+        if object_types:
+            params["object_types"] = ",".join(object_types)
+        last = None if last_event_id is None else str(last_event_id)
+        async for msg in self.sse("/events", params=params, last_event_id=last):
+            yield Event.model_validate_json(msg.data)

@@ -1,0 +1,1 @@
+"""Service discovery: register with TTL heartbeats, list, watch, leader per service."""

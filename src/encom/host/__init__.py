@@ -1,0 +1,1 @@
+"""The host agent: runs jobs in runc containers on this machine."""

@@ -1,0 +1,63 @@
+"""Client of the host agent's HTTP API (internal secret required).
+
+API:
+  GET    /host/status                         -> HostStatus
+  PUT    /host/jobs/{job_id}   HostJobSpec    -> HostJob (state "starting"; 409 if the id exists; 400 bad spec)
+  GET    /host/jobs[?all=true]                -> list[HostJob] (active jobs; with all=true also ended ones)
+  GET    /host/jobs/{job_id}                  -> HostJob (404 unknown)
+  DELETE /host/jobs/{job_id}                  -> HostJob (stop: deregister, SIGTERM, SIGKILL after stop_grace)
+  GET    /host/events                         SSE of HostJobEvent: the current state of every active job first,
+                                               then each state change (starting, up, stopping, down, crashed, failed)
+  GET    /host/jobs/{job_id}/log?lines=N&follow=bool
+                                              NDJSON of LogLine; with follow, streams until the job has ended and
+                                               its output is drained
+  GET    /host/logs?app_id=...&lines=N[&process_type=T]
+                                              -> list[LogLine]: the last N lines of that app's jobs on this host,
+                                               oldest first
+State meanings: "up" = the process runs and its health check (if any) passed, and it is registered in
+discoverd; "down" = exited 0 or stopped on request; "crashed" = exited non-zero (exit_status set;
+137 + error "out of memory" when OOM-killed); "failed" = could not start (error says why).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from encom.api.client import ApiClient
+from encom.api.types import HostJob, HostJobEvent, HostJobSpec, HostStatus, LogLine
+
+
+class HostClient(ApiClient):
+    def __init__(self, url: str, secret: str) -> None:
+        super().__init__(url, secret, timeout=30.0)
+
+    async def status(self) -> HostStatus:
+        return await self.get_model(HostStatus, "/host/status")
+
+    async def add_job(self, spec: HostJobSpec) -> HostJob:
+        return await self.send_model("PUT", HostJob, f"/host/jobs/{spec.id}", spec)
+
+    async def list_jobs(self, include_ended: bool = False) -> list[HostJob]:
+        params = {"all": "true"} if include_ended else None
+        return await self.get_list(HostJob, "/host/jobs", params=params)
+
+    async def get_job(self, job_id: str) -> HostJob:
+        return await self.get_model(HostJob, f"/host/jobs/{job_id}")
+
+    async def stop_job(self, job_id: str) -> HostJob:
+        return await self.send_model("DELETE", HostJob, f"/host/jobs/{job_id}")
+
+    async def events(self) -> AsyncIterator[HostJobEvent]:
+        async for msg in self.sse("/host/events"):
+            yield HostJobEvent.model_validate_json(msg.data)
+
+    async def job_log(self, job_id: str, lines: int = 100, follow: bool = False) -> AsyncIterator[LogLine]:
+        params = {"lines": lines, "follow": "true" if follow else "false"}
+        async for item in self.ndjson(f"/host/jobs/{job_id}/log", params=params):
+            yield LogLine.model_validate(item)
+
+    async def app_log(self, app_id: str, lines: int = 100, process_type: str | None = None) -> list[LogLine]:
+        params: dict[str, str | int] = {"app_id": app_id, "lines": lines}
+        if process_type is not None:
+            params["process_type"] = process_type
+        return await self.get_list(LogLine, "/host/logs", params=params)
