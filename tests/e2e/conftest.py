@@ -1,0 +1,178 @@
+"""A fresh encom cluster started the way a user starts it, and a user's shell around the real CLI."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+PORT_BASE = 30000
+
+
+@dataclass
+class Result:
+    args: list[str]
+    code: int
+    out: str
+    err: str
+
+    @property
+    def text(self) -> str:
+        return self.out + self.err
+
+
+@dataclass
+class User:
+    """A person at a shell: their own HOME, SSH key and git identity, the encom CLI on PATH."""
+
+    home: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    def run(self, *args: str, cwd: Path | None = None, input: str | None = None, timeout: float = 180) -> Result:
+        proc = subprocess.run(
+            list(args),
+            cwd=cwd or self.home,
+            env=self.env,
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        return Result(list(args), proc.returncode, proc.stdout, proc.stderr)
+
+    def ok(self, *args: str, cwd: Path | None = None, input: str | None = None, timeout: float = 180) -> Result:
+        result = self.run(*args, cwd=cwd, input=input, timeout=timeout)
+        assert result.code == 0, f"{' '.join(args)} exited {result.code}:\n{result.out}\n{result.err}"
+        return result
+
+    def fails(self, *args: str, cwd: Path | None = None, timeout: float = 180) -> Result:
+        result = self.run(*args, cwd=cwd, timeout=timeout)
+        assert result.code != 0, f"{' '.join(args)} should have failed:\n{result.out}\n{result.err}"
+        return result
+
+    def encom(self, *args: str, cwd: Path | None = None, input: str | None = None) -> Result:
+        return self.ok("encom", *args, cwd=cwd, input=input)
+
+    def app_repo(self, example: str, name: str) -> Path:
+        """A copy of an example app as a git repo with one commit."""
+        repo = self.home / name
+        shutil.copytree(REPO / "examples" / example, repo)
+        self.ok("git", "init", "-q", "-b", "master", cwd=repo)
+        self.ok("git", "add", ".", cwd=repo)
+        self.ok("git", "commit", "-q", "-m", "initial", cwd=repo)
+        return repo
+
+
+def make_user(home: Path, key_name: str = "id_ed25519") -> User:
+    home.mkdir(parents=True, exist_ok=True)
+    (home / ".ssh").mkdir(mode=0o700, exist_ok=True)
+    key = home / ".ssh" / key_name
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    env = {
+        "HOME": str(home),
+        "PATH": f"{VENV_BIN}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
+        "LANG": "C.UTF-8",
+        "GIT_AUTHOR_NAME": "Test User",
+        "GIT_AUTHOR_EMAIL": "user@example.com",
+        "GIT_COMMITTER_NAME": "Test User",
+        "GIT_COMMITTER_EMAIL": "user@example.com",
+        "GIT_SSH_COMMAND": f"ssh -i {key} -o IdentitiesOnly=yes -o StrictHostKeyChecking=no "
+        "-o UserKnownHostsFile=/dev/null -o LogLevel=ERROR",
+    }
+    return User(home=home, env=env)
+
+
+@dataclass
+class Cluster:
+    state_dir: Path
+    add_line: str
+    router_port: int
+    log: Path
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    state = tmp_path_factory.mktemp("encom-state")
+    up = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "encom.bootstrap",
+            "up",
+            "--state-dir",
+            str(state),
+            "--port-base",
+            str(PORT_BASE),
+            "--no-cli",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=REPO,
+    )
+    log = state / "log" / "encomd.log"
+    try:
+        assert up.returncode == 0, (
+            f"bootstrap failed:\n{up.stdout}\n{up.stderr}\n{log.read_text() if log.exists() else ''}"
+        )
+        line = next(ln.strip() for ln in up.stdout.splitlines() if ln.strip().startswith("encom cluster add"))
+        yield Cluster(state_dir=state, add_line=line, router_port=PORT_BASE + 80, log=log)
+    finally:
+        subprocess.run(
+            [sys.executable, "-m", "encom.bootstrap", "down", "--state-dir", str(state)],
+            capture_output=True,
+            timeout=120,
+            cwd=REPO,
+        )
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float = 60.0, interval: float = 0.2) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def curl(port: int, host: str, path: str = "/") -> tuple[int, str]:
+    """One request through the router with a Host header, as `curl -H 'Host: …'` sends it."""
+    proc = subprocess.run(
+        [
+            "curl",
+            "-s",
+            "-m",
+            "10",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            "-H",
+            f"Host: {host}",
+            f"http://127.0.0.1:{port}{path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=15,
+    )
+    body, _, code = proc.stdout.rpartition("\n")
+    return int(code or 0), body
+
+
+@pytest.fixture(scope="session")
+def user(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> User:
+    u = make_user(tmp_path_factory.mktemp("home"))
+    u.encom(*cluster.add_line.split()[1:])
+    return u
+
+
+os.environ.setdefault("ENCOM_E2E", "1")
