@@ -1,6 +1,8 @@
 # encom — `make up` runs a single-machine cluster, `make test` runs every check.
 SHELL := /bin/bash
-APT_PACKAGES := runc haproxy git openssh-client curl ca-certificates socat wrk
+APT_PACKAGES := runc haproxy git openssh-client curl ca-certificates socat wrk python3 python3-venv python3-pip
+# Commands that may come from elsewhere than Debian (e.g. Node.js from its own repository): install only if absent.
+APT_IF_NO_COMMAND := node:nodejs npm:npm
 STATE_DIR ?= /var/lib/encom
 export UV_LINK_MODE := copy
 export SSL_CERT_FILE ?= /etc/ssl/certs/ca-certificates.crt
@@ -11,6 +13,7 @@ setup: .venv/.synced
 
 .apt-ok:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	for cp in $(APT_IF_NO_COMMAND); do command -v $${cp%%:*} >/dev/null 2>&1 || missing="$$missing $${cp##*:}"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \

@@ -57,11 +57,14 @@ async def _with_keepalives(source: AsyncIterator[SSEMessage]) -> AsyncIterator[b
             pending = None
             yield msg.encode()
     finally:
-        if pending is not None:
+        if pending is not None and not pending.done():
+            # Cancelling the running __anext__ throws CancelledError into the generator, which ends it;
+            # aclose() now would fail with "asynchronous generator is already running".
             pending.cancel()
-        aclose = getattr(iterator, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        else:
+            aclose = getattr(iterator, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
 
 def sse_response(source: AsyncIterator[SSEMessage]) -> StreamingResponse:

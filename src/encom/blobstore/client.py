@@ -30,7 +30,10 @@ def blob_signature(secret: str, method: str, path: str, exp: int) -> str:
 
 
 def blob_path(path: str) -> str:
-    return "/blobs/" + path.lstrip("/")
+    # httpx would resolve "." and ".." segments away and silently address another blob; sending them
+    # percent-encoded lets the server refuse the path instead.
+    segments = ("%2E" * len(s) if s in (".", "..") else s for s in path.lstrip("/").split("/"))
+    return "/blobs/" + "/".join(segments)
 
 
 class BlobstoreClient(ApiClient):

@@ -73,7 +73,7 @@ class Daemon:
             self.tasks.append(task)
             self.contexts.append(ctx)
             ready = asyncio.create_task(ctx.ready.wait())
-            done, _ = await asyncio.wait({ready, task}, timeout=ROLE_START_TIMEOUT)
+            done, _ = await asyncio.wait({ready, task}, timeout=ROLE_START_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
             if ready not in done:
                 ready.cancel()
                 raise RuntimeError(f"role {name} did not become ready within {ROLE_START_TIMEOUT:.0f}s")

@@ -1,0 +1,58 @@
+"""`encom ps` and `encom log`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import click
+
+from encom.api.types import Job, LogLine
+from encom.cli.context import app_options, call, current_target
+from encom.cli.output import age, print_table
+from encom.controller.client import ControllerClient
+
+
+@dataclass
+class JobList:
+    jobs: list[Job]
+    versions: dict[str, int]  # release id -> version
+
+
+async def fetch_jobs(client: ControllerClient, app: str, include_ended: bool) -> JobList:
+    found = await client.get_app(app)
+    jobs = await client.list_jobs(found.id, include_ended=include_ended)
+    releases = await client.list_releases(found.id)
+    return JobList(jobs, {r.id: r.version for r in releases})
+
+
+def job_rows(listing: JobList) -> list[list[str]]:
+    def row(job: Job) -> list[str]:
+        version = listing.versions.get(job.release_id)
+        release = f"v{version}" if version is not None else job.release_id[:8]
+        port = str(job.port) if job.port is not None else "-"
+        return [job.id, job.type or "run", job.state, port, release, age(job.created_at)]
+
+    return [row(j) for j in sorted(listing.jobs, key=lambda j: (j.type, j.created_at, j.id))]
+
+
+@click.command("ps")
+@app_options
+# Only the long form: `-a` selects the app (`encom ps -a example`), as in Heroku.
+@click.option("--all", "include_ended", is_flag=True, help="include jobs that have ended")
+def ps(include_ended: bool) -> None:
+    """List the app's jobs."""
+    target = current_target()
+    listing = call(target.cluster, lambda c: fetch_jobs(c, target.app, include_ended))
+    print_table(["ID", "TYPE", "STATE", "PORT", "RELEASE", "STARTED"], job_rows(listing))
+
+
+@click.command("log")
+@app_options
+@click.option("-n", "--lines", type=click.IntRange(min=1), default=100, show_default=True, help="how many lines")
+@click.option("-t", "--type", "process_type", help="only this process type")
+def log(lines: int, process_type: str | None) -> None:
+    """Show the app's recent log lines."""
+    target = current_target()
+    found: list[LogLine] = call(target.cluster, lambda c: c.app_log(target.app, lines, process_type))
+    for line in found:
+        click.echo(line.format())

@@ -1,0 +1,78 @@
+"""`encom release`, and making a new release from the current one (env changes)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import click
+
+from encom.api.types import Release, ReleaseCreate
+from encom.cli.context import app_options, call, current_target
+from encom.cli.output import CliError, age, print_table
+from encom.controller.client import ControllerClient
+
+NO_RELEASE = "app has no release; push first"
+
+
+async def require_release(client: ControllerClient, app: str) -> Release:
+    release = await client.current_release(app)
+    if release is None:
+        raise CliError(NO_RELEASE)
+    return release
+
+
+def description(release: Release) -> str:
+    meta = release.meta
+    if meta.get("description"):
+        return meta["description"]
+    commit = meta.get("git.commit") or meta.get("commit")
+    return f"Deploy {commit[:7]}" if commit else ""
+
+
+EnvChange = Callable[[dict[str, str]], dict[str, str]]
+
+
+async def release_with_env(client: ControllerClient, app: str, change: EnvChange, what: str) -> Release:
+    """A copy of the current release with its env changed, deployed (counts carried over). Returns it."""
+    current = await require_release(client, app)
+    new = await client.create_release(
+        ReleaseCreate(
+            app_id=current.app_id,
+            artifact_id=current.artifact_id,
+            env=change(dict(current.env)),
+            processes=current.processes,
+            meta={**current.meta, "description": what},
+        )
+    )
+    deployment = await client.deploy(app, new.id)
+    if deployment.status == "failed":
+        raise CliError(f"deploy of v{new.version} failed: {deployment.error or 'unknown error'}")
+    return new
+
+
+@dataclass
+class ReleaseList:
+    releases: list[Release]
+    current_id: str | None
+
+
+async def fetch_releases(client: ControllerClient, app: str) -> ReleaseList:
+    found = await client.get_app(app)
+    return ReleaseList(await client.list_releases(found.id), found.release_id)
+
+
+def release_rows(listing: ReleaseList) -> list[list[str]]:
+    return [
+        ["*" if r.id == listing.current_id else "", f"v{r.version}", r.id, age(r.created_at), description(r)]
+        for r in sorted(listing.releases, key=lambda r: r.version, reverse=True)
+    ]
+
+
+@click.command("release")
+@app_options
+def release_list() -> None:
+    """List releases (the current one marked *)."""
+    target = current_target()
+    listing = call(target.cluster, lambda c: fetch_releases(c, target.app))
+    print_table(["", "VERSION", "ID", "CREATED", "DESCRIPTION"], release_rows(listing))

@@ -1,0 +1,89 @@
+"""The controller's database: engine (SQLite by default, any SQLAlchemy URL such as
+`postgresql+psycopg://...`), migrations, and transactions that wake event subscribers after commit."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+from encom.api.settings import Settings
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+SQLITE_BUSY_TIMEOUT = 30.0
+EVENTS_KEY = "encom_events"  # Session.info flag: this transaction recorded events
+
+
+def default_url(settings: Settings) -> str:
+    return f"sqlite:///{settings.dir('controller') / 'controller.db'}"
+
+
+def _setup_sqlite(engine: Engine) -> None:
+    """WAL and foreign keys on every connection; write transactions take the write lock at BEGIN
+    (BEGIN IMMEDIATE), so read-then-write logic like "version = max + 1" cannot interleave."""
+
+    @event.listens_for(engine, "connect")
+    def on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # let us emit BEGIN ourselves
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def on_begin(conn: Any) -> None:
+        immediate = conn.get_execution_options().get("encom_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT, "check_same_thread": False})
+        _setup_sqlite(engine)
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest Alembic revision."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "head")
+
+
+class Database:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        self._reads = sessionmaker(self.engine, expire_on_commit=False)
+        self._writes = sessionmaker(self.engine.execution_options(encom_write=True), expire_on_commit=False)
+        self.on_events: Callable[[], None] = lambda: None
+
+    def migrate(self) -> None:
+        migrate(self.engine)
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        with self._reads() as session, session.begin():
+            yield session
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """One transaction; subscribers are woken after it commits if it recorded events."""
+        with self._writes() as session:
+            with session.begin():
+                yield session
+            if session.info.get(EVENTS_KEY):
+                self.on_events()
+
+    def close(self) -> None:
+        self.engine.dispose()

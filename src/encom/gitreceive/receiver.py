@@ -1,0 +1,437 @@
+"""The pre-receive hook of every app repo: build the pushed commit in a container, release it, deploy it.
+
+Run by git-receive-pack (see `service.py`) with the ref updates on stdin and ENCOM_DATA_DIR, ENCOM_APP_ID,
+ENCOM_APP_NAME in the environment. Everything printed reaches the pusher as `remote:` lines; a non-zero exit
+rejects the push, so a failed build leaves both the repo and the running release as they were.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import os
+import random
+import re
+import signal
+import sys
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from encom.api.client import ca_context
+from encom.api.errors import ApiError
+from encom.api.settings import Settings
+from encom.api.types import (
+    ArtifactCreate,
+    Deployment,
+    Event,
+    HostJob,
+    HostJobSpec,
+    Job,
+    ProcessType,
+    Release,
+    ReleaseCreate,
+    Resources,
+)
+from encom.blobstore.client import BlobstoreClient
+from encom.controller.client import ControllerClient
+from encom.discoverd.client import HOST_SERVICE, DiscoverdClient
+from encom.host.client import HostClient
+
+ZERO_SHA = "0" * 40
+DEPLOY_REFS = ("refs/heads/master", "refs/heads/main")
+SLUGBUILDER_ARGS = ["/usr/bin/python3", "/encom/build/slugbuilder.py"]
+BUILD_MEMORY = 2 << 30
+BUILD_TEMP_DISK = 2 << 30
+BUILD_TIMEOUT = 30 * 60.0
+JOB_END_TIMEOUT = 30.0
+DEPLOY_TIMEOUT = 120.0
+WEB_START_TIMEOUT = 60.0
+ENDED_STATES = ("down", "crashed", "failed")
+PROCESS_TYPE_RE = re.compile(r"^[A-Za-z0-9_-]{1,63}$")
+LOCK_FILE = "encom-build.lock"
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class PushFailed(Exception):
+    """Why the push is rejected, printed as ` !     <message>`."""
+
+
+@dataclass(frozen=True)
+class RefUpdate:
+    old: str
+    new: str
+    ref: str
+
+
+def parse_updates(text: str) -> list[RefUpdate]:
+    """pre-receive's stdin: one `<old-sha> <new-sha> <ref>` line per updated ref."""
+    updates = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 3:
+            updates.append(RefUpdate(*parts))
+    return updates
+
+
+def deploy_update(updates: list[RefUpdate]) -> RefUpdate | None:
+    """The master (or else main) branch update that creates or moves the branch; deletions do not deploy."""
+    for ref in DEPLOY_REFS:
+        for update in updates:
+            if update.ref == ref and update.new != ZERO_SHA:
+                return update
+    return None
+
+
+def say(line: str = "", out: TextIO | None = None) -> None:
+    print(line, file=out or sys.stdout, flush=True)
+
+
+def indent(text: str) -> str:
+    return "       " + text
+
+
+@dataclass(frozen=True)
+class BlobPaths:
+    app_id: str
+    build_id: str
+
+    @property
+    def source(self) -> str:
+        return f"sources/{self.app_id}/{self.build_id}.tar"
+
+    @property
+    def slug(self) -> str:
+        return f"slugs/{self.app_id}/{self.build_id}.tgz"
+
+    @property
+    def cache(self) -> str:
+        return f"caches/{self.app_id}.tar"
+
+    @property
+    def result(self) -> str:
+        return f"builds/{self.app_id}/{self.build_id}.json"
+
+
+def build_env(urls: dict[str, str], commit: str, release_env: dict[str, str]) -> dict[str, str]:
+    """The build job's environment: the release's config vars, then the build's own (which win)."""
+    return {**release_env, **urls, "SOURCE_VERSION": commit, "ENCOM_ENV_KEYS": ",".join(release_env)}
+
+
+def release_processes(commands: dict[str, str], previous: Release | None) -> dict[str, ProcessType]:
+    """The Procfile's commands, keeping each type's env and resources from the previous release."""
+    processes = {}
+    for name, cmd in commands.items():
+        old = previous.processes.get(name) if previous else None
+        if old is None:
+            processes[name] = ProcessType(cmd=cmd)
+        else:
+            processes[name] = ProcessType(cmd=cmd, env=dict(old.env), resources=old.resources.model_copy())
+    return processes
+
+
+def parse_result(data: bytes) -> dict[str, str]:
+    """The slugbuilder's result JSON → process types; anything unexpected is an error (the build is hostile)."""
+    try:
+        body = json.loads(data)
+        processes = body["processes"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise PushFailed(f"the build produced an invalid result: {exc}") from None
+    if not isinstance(processes, dict) or not all(isinstance(v, str) for v in processes.values()):
+        raise PushFailed("the build produced an invalid result: processes must map names to commands")
+    bad = [k for k in processes if not PROCESS_TYPE_RE.match(str(k))]
+    if bad:
+        raise PushFailed(f"invalid process type names in Procfile: {', '.join(map(repr, bad))}")
+    return {str(k): v for k, v in processes.items()}
+
+
+def job_failure(job: HostJob) -> str:
+    if job.state == "failed":
+        return f"the build job could not start: {job.error or 'unknown error'}"
+    if job.error and "memory" in job.error:
+        return f"the build ran out of memory (limit {BUILD_MEMORY >> 30} GiB)"
+    detail = f"exit status {job.exit_status}" if job.exit_status is not None else job.error or job.state
+    return f"build failed ({detail})"
+
+
+class Receiver:
+    """One push: source → build job → artifact → release → deploy."""
+
+    def __init__(self, settings: Settings, app_id: str, app_name: str, commit: str) -> None:
+        self.settings = settings
+        self.app_id = app_id
+        self.app_name = app_name
+        self.commit = commit
+        self.paths = BlobPaths(app_id, uuid.uuid4().hex)
+        verify = ca_context(settings.ca_cert_path)
+        self.controller = ControllerClient(settings.controller_url, settings.cluster_key, verify=verify)
+        self.blobstore = BlobstoreClient(settings.blobstore_url, settings.internal_secret)
+        self.discoverd = DiscoverdClient(settings.discoverd_url, settings.internal_secret)
+
+    async def aclose(self) -> None:
+        for client in (self.controller, self.blobstore, self.discoverd):
+            await client.aclose()
+
+    async def run(self) -> None:
+        say(f"-----> Building {self.app_name}...")
+        previous = await self.controller.current_release(self.app_id)
+        await self.upload_source()
+        commands = await self.build(previous)
+        say("-----> Creating release...")
+        release = await self.create_release(commands)
+        await self.deploy(release)
+        say("=====> Application deployed")
+
+    # ------------------------------------------------------------ source
+
+    async def upload_source(self) -> None:
+        proc = await asyncio.create_subprocess_exec(
+            "git", "archive", "--format=tar", self.commit,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert proc.stdout is not None and proc.stderr is not None
+        stdout = proc.stdout
+
+        async def chunks() -> AsyncIterator[bytes]:
+            while chunk := await stdout.read(1 << 16):
+                yield chunk
+
+        errors = asyncio.create_task(proc.stderr.read())
+        await self.blobstore.put(self.paths.source, chunks())
+        if await proc.wait() != 0:
+            raise PushFailed(f"git archive failed: {(await errors).decode(errors='replace').strip()}")
+
+    # ------------------------------------------------------------ build
+
+    async def pick_host(self) -> HostClient:
+        instances = await self.discoverd.instances(HOST_SERVICE)
+        hosts = [(i.meta.get("id"), i.meta["url"]) for i in instances if i.meta.get("url")]
+        if not hosts:
+            raise PushFailed("no host is available to run the build")
+        local = [url for host_id, url in hosts if host_id == self.settings.host_id]
+        url = local[0] if local else random.choice(hosts)[1]
+        return HostClient(url, self.settings.internal_secret)
+
+    def job_spec(self, previous: Release | None) -> HostJobSpec:
+        ttl = BUILD_TIMEOUT + 600
+        signed = self.blobstore.signed_url
+        urls = {
+            "SOURCE_URL": signed(self.paths.source, "GET", ttl),
+            "SLUG_URL": signed(self.paths.slug, "PUT", ttl),
+            "CACHE_URL": signed(self.paths.cache, "GET", ttl),
+            "CACHE_PUT_URL": signed(self.paths.cache, "PUT", ttl),
+            "RESULT_URL": signed(self.paths.result, "PUT", ttl),
+        }
+        return HostJobSpec(
+            id=self.paths.build_id,
+            app_id=self.app_id,
+            app_name=self.app_name,
+            release_id=previous.id if previous else "",
+            args=list(SLUGBUILDER_ARGS),
+            env=build_env(urls, self.commit, previous.env if previous else {}),
+            resources=Resources(memory=BUILD_MEMORY, temp_disk=BUILD_TEMP_DISK),
+            builder=True,
+            stop_grace=5.0,
+        )
+
+    async def build(self, previous: Release | None) -> dict[str, str]:
+        host = await self.pick_host()
+        job: HostJob | None = None
+        try:
+            await host.add_job(self.job_spec(previous))
+            async with asyncio.timeout(BUILD_TIMEOUT):
+                await self.stream_log(host)
+                job = await self.wait_ended(host)
+        except TimeoutError:
+            raise PushFailed(f"the build did not finish within {BUILD_TIMEOUT / 60:.0f} minutes") from None
+        finally:
+            if job is None:  # cancelled (the pusher hung up), timed out or lost: do not leave it running
+                with contextlib.suppress(ApiError):
+                    await host.stop_job(self.paths.build_id)
+            await host.aclose()
+        assert job is not None
+        if job.state != "down" or job.exit_status not in (0, None):
+            raise PushFailed(job_failure(job))
+        return parse_result(await self.blobstore.get(self.paths.result))
+
+    async def stream_log(self, host: HostClient) -> None:
+        try:
+            async for line in host.job_log(self.paths.build_id, lines=100_000, follow=True):
+                say(line.msg)
+        except ApiError as exc:
+            say(indent(f"(build output interrupted: {exc})"))
+
+    async def wait_ended(self, host: HostClient) -> HostJob:
+        """The job's final state. The log stream ends when the job has, so this is normally immediate."""
+        async with asyncio.timeout(JOB_END_TIMEOUT):
+            while True:
+                job = await host.get_job(self.paths.build_id)
+                if job.state in ENDED_STATES:
+                    return job
+                await asyncio.sleep(0.2)
+
+    # ------------------------------------------------------------ release and deploy
+
+    async def create_release(self, commands: dict[str, str]) -> Release:
+        # Read again: config may have changed during the build.
+        current = await self.controller.current_release(self.app_id)
+        artifact = await self.controller.create_artifact(
+            ArtifactCreate(url=f"/{self.paths.slug}", meta={"commit": self.commit})
+        )
+        body = ReleaseCreate(
+            app_id=self.app_id,
+            artifact_id=artifact.id,
+            env=dict(current.env) if current else {},
+            processes=release_processes(commands, current),
+            meta={"git": "true", "git.commit": self.commit},
+        )
+        return await self.controller.create_release(body)
+
+    async def current_counts(self) -> dict[str, int] | None:
+        """The app's current formation counts, or None when it has never had one."""
+        app = await self.controller.get_app(self.app_id)
+        if app.release_id is None:
+            return None
+        formation = await self.controller.get_formation(self.app_id, app.release_id)
+        return dict(formation.processes) if formation else None
+
+    async def deploy(self, release: Release) -> None:
+        counts = await self.current_counts() or {}
+        initial_web = "web" in release.processes and "web" not in counts
+        since = await self.controller.last_event_id()
+        processes = None
+        if initial_web:
+            say("=====> Scaling initial release to web=1")
+            processes = {t: n for t, n in counts.items() if t in release.processes} | {"web": 1}
+        deployment = await self.controller.deploy(self.app_id, release.id, processes)
+        if deployment.status in ("pending", "running"):
+            await self.wait_deployment(deployment, since)
+        elif deployment.status == "failed":
+            raise PushFailed(f"deploy failed: {deployment.error or 'unknown error'}")
+        if initial_web:
+            say("-----> Waiting for web job to start...")
+            await self.wait_web_up(release, since)
+
+    async def watch(self, since: int, types: list[str], done: Callable[[Event], bool], limit: float) -> bool:
+        """Follow the app's events after `since` until `done` returns True; False on timeout."""
+        try:
+            async with asyncio.timeout(limit):
+                async for event in self.controller.events(self.app_id, types, last_event_id=since):
+                    if done(event):
+                        return True
+        except TimeoutError:
+            return False
+        raise PushFailed("the controller closed its event stream")
+
+    async def wait_deployment(self, deployment: Deployment, since: int) -> None:
+        def done(event: Event) -> bool:
+            found = _model(Deployment, event.data)
+            if found is None or found.id != deployment.id:
+                return False
+            if found.status == "failed":
+                raise PushFailed(f"deploy failed: {found.error or 'unknown error'}")
+            return found.status == "complete"
+
+        if not await self.watch(since, ["deployment"], done, DEPLOY_TIMEOUT):
+            raise PushFailed(f"the deployment did not complete within {DEPLOY_TIMEOUT:.0f}s")
+
+    async def wait_web_up(self, release: Release, since: int) -> None:
+        crashed: list[Job] = []
+
+        def done(event: Event) -> bool:
+            job = _model(Job, event.data)
+            if job is None or job.release_id != release.id or job.type != "web":
+                return False
+            if job.state in ("crashed", "failed"):
+                crashed.append(job)
+                return True
+            return job.state == "up"
+
+        if not await self.watch(since, ["job"], done, WEB_START_TIMEOUT):
+            raise PushFailed(
+                f"no web job of release v{release.version} came up within {WEB_START_TIMEOUT:.0f}s "
+                "(is a scheduler running?)"
+            )
+        if crashed:
+            await self.explain_crash(crashed[0])
+
+    async def explain_crash(self, job: Job) -> None:
+        reason = job.error or f"exit status {job.exit_status}"
+        say(f" !     The web job failed to start: {reason}")
+        with contextlib.suppress(ApiError):
+            lines = await self.controller.app_log(self.app_id, lines=20, process_type="web")
+            for line in lines:
+                if line.job_id == job.id:
+                    say(indent(line.msg))
+        raise PushFailed("the initial web job failed to start; see `encom log`")
+
+
+def _model(model: type[M], data: dict[str, Any]) -> M | None:
+    try:
+        return model.model_validate(data)
+    except ValidationError:
+        return None
+
+
+# ---------------------------------------------------------------- the hook
+
+
+def lock_app(repo: Path, app_name: str) -> int:
+    """One build at a time per app: a second push waits for the first."""
+    fd = os.open(repo / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        say(f"-----> Waiting for another push to {app_name} to finish...")
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+async def run_push(settings: Settings, app_id: str, app_name: str, commit: str) -> None:
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    receiver = Receiver(settings, app_id, app_name, commit)
+    try:
+        await receiver.run()
+    finally:
+        await receiver.aclose()
+
+
+def main() -> int:
+    app_id = os.environ["ENCOM_APP_ID"]
+    app_name = os.environ["ENCOM_APP_NAME"]
+    update = deploy_update(parse_updates(sys.stdin.read()))
+    if update is None:
+        say(" !     push must include a change to the master or main branch")
+        return 1
+    settings = Settings.load(Path(os.environ["ENCOM_DATA_DIR"]))
+    lock = lock_app(Path.cwd(), app_name)
+    try:
+        asyncio.run(run_push(settings, app_id, app_name, update.new))
+    except PushFailed as exc:
+        say(f" !     {exc}")
+        say(f" !     Push rejected to {app_name}")
+        return 1
+    except ApiError as exc:
+        say(f" !     {exc}")
+        say(f" !     Push rejected to {app_name}")
+        return 1
+    except asyncio.CancelledError:
+        return 1
+    finally:
+        os.close(lock)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

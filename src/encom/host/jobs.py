@@ -1,0 +1,166 @@
+"""The jobs of this host: admission, stop, adoption after an encomd restart, history of ended jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from pydantic import ValidationError as PydanticValidationError
+
+from encom.api.errors import Conflict, NotFound, ValidationError
+from encom.api.types import HostJob, HostJobSpec, LogLine, utcnow
+from encom.host import process
+from encom.host.bundle import JOB_ID_RE
+from encom.host.runner import RECORD, HostDeps, JobRunner
+from encom.host.runtime import RuncError
+
+log = logging.getLogger(__name__)
+
+HISTORY_KEEP = 200  # ended jobs kept (record + logs)
+ACTIVE = ("starting", "up", "stopping")
+SHUTDOWN_GRACE = 2.0
+
+
+def validate_spec(spec: HostJobSpec) -> None:
+    if not JOB_ID_RE.match(spec.id):
+        raise ValidationError("job id must be 1-128 characters of letters, digits, '.', '_' and '-'")
+    if spec.cmd is None and not spec.args:
+        raise ValidationError("a job needs cmd or args")
+    if (spec.check is not None or spec.service) and not spec.port:
+        raise ValidationError("a health check or a service needs port: true")
+
+
+class JobManager:
+    def __init__(self, deps: HostDeps, jobs_dir: Path) -> None:
+        self.deps = deps
+        self.dir = jobs_dir
+        self.runners: dict[str, JobRunner] = {}
+        jobs_dir.mkdir(parents=True, exist_ok=True)
+
+    # ------------------------------------------------------------------ queries
+
+    def active(self) -> list[HostJob]:
+        return [r.job for r in self.runners.values() if r.job.state in ACTIVE]
+
+    def all(self) -> list[HostJob]:
+        return sorted((r.job for r in self.runners.values()), key=lambda j: j.created_at)
+
+    def runner(self, job_id: str) -> JobRunner:
+        runner = self.runners.get(job_id)
+        if runner is None:
+            raise NotFound(f"no job {job_id} on this host")
+        return runner
+
+    def container_pids(self) -> set[int]:
+        return {r.job.pid for r in self.runners.values() if r.job.pid and not r.ended.is_set()}
+
+    # ------------------------------------------------------------------ commands
+
+    def add(self, spec: HostJobSpec) -> HostJob:
+        validate_spec(spec)
+        if spec.id in self.runners or (self.dir / spec.id).exists():
+            raise Conflict(f"job {spec.id} already exists on this host")
+        try:
+            port = self.deps.ports.allocate() if spec.port else None
+        except LookupError as exc:
+            raise Conflict(str(exc)) from exc
+        job = HostJob(spec=spec, host_id=self.deps.host_id, state="starting", port=port, created_at=utcnow())
+        (self.dir / spec.id).mkdir()
+        runner = JobRunner(self.deps, job, self.dir / spec.id)
+        self.runners[spec.id] = runner
+        runner.persist()
+        self.deps.events.publish(job)
+        runner.start()
+        self._prune_history()
+        return job
+
+    async def stop(self, job_id: str, wait: float) -> HostJob:
+        """Stop a job; returns once it has ended or after `wait` seconds (then still "stopping")."""
+        runner = self.runner(job_id)
+        task = asyncio.create_task(runner.stop(runner.job.spec.stop_grace))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(task), wait)
+        return runner.job
+
+    async def shutdown(self, detach: bool) -> None:
+        runners = [r for r in self.runners.values() if not r.ended.is_set()]
+        if detach:
+            await asyncio.gather(*(r.detach() for r in runners), return_exceptions=True)
+        else:
+            await asyncio.gather(*(r.stop(SHUTDOWN_GRACE) for r in runners), return_exceptions=True)
+
+    # ------------------------------------------------------------------ logs
+
+    def app_log(self, app_id: str, lines: int, process_type: str | None) -> list[LogLine]:
+        merged: list[LogLine] = []
+        for runner in self.runners.values():
+            spec = runner.job.spec
+            if spec.app_id == app_id and (process_type is None or spec.process_type == process_type):
+                merged.extend(runner.log.tail(lines))
+        merged.sort(key=lambda line: line.timestamp)
+        return merged[-lines:] if lines > 0 else []
+
+    def job_log(self, job_id: str, lines: int, follow: bool) -> AsyncIterator[LogLine]:
+        runner = self.runner(job_id)
+        if follow:
+            return runner.log.follow(lines, lambda: runner.tailer.drained.is_set() or self.deps.events.closed)
+        return _iterate(runner.log.tail(lines))
+
+    # ------------------------------------------------------------------ adoption and history
+
+    async def adopt(self) -> None:
+        """Take over what a previous encomd left: running containers keep running (and their ports), records of
+        containers that died meanwhile end as crashed, containers without a record are removed."""
+        try:
+            containers = {c.id: c for c in await self.deps.runc.list()}
+        except RuncError as exc:
+            log.warning("runc list: %s", exc)
+            containers = {}
+        for record in sorted(self.dir.glob(f"*/{RECORD}")):
+            job = _load(record)
+            if job is None:
+                continue
+            runner = JobRunner(self.deps, job, record.parent)
+            self.runners[job.id] = runner
+            if job.state not in ACTIVE:
+                continue
+            container = containers.pop(job.id, None)
+            if container is not None and container.status == "running" and process.alive(container.pid):
+                runner.job = job.model_copy(update={"pid": container.pid})
+                if job.port is not None:
+                    self.deps.ports.reserve(job.port)
+                runner.start(adopted=True)
+                log.info("adopted job %s (pid %d)", job.id, container.pid)
+            else:
+                await self.deps.runc.delete(job.id)
+                runner.set_state("crashed", ended_at=utcnow(), error="exited while encomd was not running")
+                runner.ended.set()
+        for orphan in containers:
+            log.warning("removing container %s: no job record", orphan)
+            await self.deps.runc.kill(orphan, "KILL")
+            await self.deps.runc.delete(orphan)
+        self._prune_history()
+
+    def _prune_history(self) -> None:
+        ended = [r for r in self.runners.values() if r.ended.is_set()]
+        ended.sort(key=lambda r: r.job.ended_at or r.job.created_at)
+        for runner in ended[: max(0, len(ended) - HISTORY_KEEP)]:
+            del self.runners[runner.id]
+            shutil.rmtree(runner.paths.dir, ignore_errors=True)
+
+
+def _load(record: Path) -> HostJob | None:
+    try:
+        return HostJob.model_validate_json(record.read_text())
+    except (OSError, PydanticValidationError) as exc:
+        log.warning("ignoring unreadable job record %s: %s", record, exc)
+        return None
+
+
+async def _iterate(lines: list[LogLine]) -> AsyncIterator[LogLine]:
+    for line in lines:
+        yield line

@@ -1,0 +1,260 @@
+"""Job logs: the container writes raw stdout/stderr files; a tailer turns their complete lines into LogLine JSON
+lines in the job's `log.jsonl`, which the API reads (tail and follow)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Literal
+
+from pydantic import ValidationError
+
+from encom.api.types import LogLine, utcnow
+
+log = logging.getLogger(__name__)
+
+MAX_LINE_BYTES = 10_000
+LOG_ROTATE_BYTES = 8 << 20  # log.jsonl moves to log.1.jsonl beyond this; two generations are kept
+RAW_TRUNCATE_BYTES = 16 << 20  # a fully consumed raw file beyond this is truncated (the writer appends)
+READ_CHUNK = 1 << 16
+POLL_MIN = 0.02
+POLL_MAX = 0.25
+
+Stream = Literal["stdout", "stderr"]
+STREAMS: tuple[Stream, ...] = ("stdout", "stderr")
+
+
+class LineSplitter:
+    """Bytes in, complete text lines out. Over-long lines are split; invalid UTF-8 is replaced."""
+
+    def __init__(self, max_bytes: int = MAX_LINE_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self.buf = b""
+
+    def feed(self, data: bytes) -> list[str]:
+        self.buf += data
+        lines: list[str] = []
+        while True:
+            nl = self.buf.find(b"\n", 0, self.max_bytes + 1)
+            if nl >= 0:
+                lines.append(self._decode(self.buf[:nl]))
+                self.buf = self.buf[nl + 1 :]
+            elif len(self.buf) > self.max_bytes:
+                cut = self._boundary(self.max_bytes)
+                lines.append(self._decode(self.buf[:cut]))
+                self.buf = self.buf[cut:]
+            else:
+                return lines
+
+    def flush(self) -> list[str]:
+        """What is left once the writer is gone."""
+        rest, self.buf = self.buf, b""
+        return [self._decode(rest)] if rest else []
+
+    def _boundary(self, cut: int) -> int:
+        """Back off so a multi-byte UTF-8 character is not split (when the data is UTF-8 at all)."""
+        for back in range(4):
+            if cut - back > 0 and (self.buf[cut - back] & 0xC0) != 0x80:
+                return cut - back
+        return cut
+
+    @staticmethod
+    def _decode(raw: bytes) -> str:
+        return raw.removesuffix(b"\r").decode("utf-8", errors="replace")
+
+
+class Pulse:
+    """Wakes every waiter on each fire."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def fire(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()
+
+    async def wait(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._event.wait(), seconds)
+
+
+class JobLog:
+    """One job's `log.jsonl` (and its previous generation)."""
+
+    def __init__(self, job_dir: Path) -> None:
+        self.path = job_dir / "log.jsonl"
+        self.old = job_dir / "log.1.jsonl"
+        self.changed = Pulse()
+
+    def append(self, lines: list[LogLine]) -> None:
+        if not lines:
+            return
+        data = "".join(line.model_dump_json() + "\n" for line in lines).encode()
+        with open(self.path, "ab") as f:
+            f.write(data)
+            size = f.tell()
+        if size > LOG_ROTATE_BYTES:
+            self.path.replace(self.old)
+        self.changed.fire()
+
+    def tail(self, n: int) -> list[LogLine]:
+        if n <= 0:
+            return []
+        raw = _last_lines(self.path, n)
+        if len(raw) < n:
+            raw = _last_lines(self.old, n - len(raw)) + raw
+        return _parse(raw)
+
+    async def follow(self, n: int, ended: Callable[[], bool]) -> AsyncIterator[LogLine]:
+        """The last n lines, then new ones until `ended()` says no more will come."""
+        try:
+            offset = self.path.stat().st_size  # no await between this and tail(): appends happen in this loop
+        except FileNotFoundError:
+            offset = 0
+        for line in self.tail(n):
+            yield line
+        pending = b""
+        while True:
+            done = ended()  # read before draining so nothing written before the end is missed
+            data, offset = _read_from(self.path, offset)
+            pending += data
+            *complete, pending = pending.split(b"\n")
+            for line in _parse(complete):
+                yield line
+            if data:
+                continue  # more may have come meanwhile; only an empty read may end or wait
+            if done:
+                return
+            await self.changed.wait(1.0)
+
+
+def _read_from(path: Path, offset: int) -> tuple[bytes, int]:
+    """What follows `offset` (from the start if the file was rotated meanwhile), and the new offset."""
+    try:
+        with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size < offset:
+                offset = 0
+            f.seek(offset)
+            data = f.read()
+            return data, f.tell()
+    except FileNotFoundError:
+        return b"", offset
+
+
+def _last_lines(path: Path, n: int) -> list[bytes]:
+    try:
+        f = open(path, "rb")  # noqa: SIM115
+    except FileNotFoundError:
+        return []
+    with f:
+        end = f.seek(0, os.SEEK_END)
+        pos, data = end, b""
+        while pos > 0 and data.count(b"\n") <= n:
+            step = min(READ_CHUNK, pos)
+            pos -= step
+            f.seek(pos)
+            data = f.read(step) + data
+    lines = [line for line in data.split(b"\n") if line.strip()]
+    if pos > 0:
+        lines = lines[1:]  # the first one may be partial
+    return lines[-n:]
+
+
+def _parse(raw: list[bytes]) -> list[LogLine]:
+    result = []
+    for line in raw:
+        if not line.strip():
+            continue
+        try:
+            result.append(LogLine.model_validate_json(line))
+        except ValidationError:
+            log.debug("skipping a malformed log line")
+    return result
+
+
+class Tailer:
+    """Turns a job's raw output files into LogLines. Offsets persist, so an adopting encomd picks up where the
+    previous one stopped. Reads are small and run in the event loop, which keeps appends ordered with readers."""
+
+    def __init__(self, job_dir: Path, template: LogLine, job_log: JobLog) -> None:
+        self.dir = job_dir
+        self.template = template
+        self.log = job_log
+        self.offsets_path = job_dir / "tail.json"
+        self.offsets = self._load_offsets()
+        self.splitters = {s: LineSplitter() for s in STREAMS}
+        self.drained = asyncio.Event()
+        self.running = False
+
+    def raw_path(self, stream: Stream) -> Path:
+        return self.dir / f"{stream}.raw"
+
+    def _load_offsets(self) -> dict[str, int]:
+        try:
+            data = json.loads(self.offsets_path.read_text())
+            return {"stdout": int(data["stdout"]), "stderr": int(data["stderr"])}
+        except (OSError, ValueError, KeyError, TypeError):
+            return {"stdout": 0, "stderr": 0}
+
+    def _save_offsets(self) -> None:
+        tmp = self.offsets_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.offsets))
+        tmp.replace(self.offsets_path)
+
+    def _read(self, stream: Stream) -> bytes:
+        path = self.raw_path(stream)
+        try:
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if size < self.offsets[stream]:
+                    self.offsets[stream] = 0
+                f.seek(self.offsets[stream])
+                data = f.read(READ_CHUNK * 4)
+                self.offsets[stream] = f.tell()
+        except FileNotFoundError:
+            return b""
+        if self.offsets[stream] == size and size > RAW_TRUNCATE_BYTES:
+            # A race with the writer could lose a line written between the read and here; rare, and bounded.
+            os.truncate(path, 0)
+            self.offsets[stream] = 0
+        return data
+
+    def poll(self, final: bool = False) -> bool:
+        """Read what is new; with `final`, also the unterminated rest. Whether anything was read."""
+        out: list[LogLine] = []
+        got = False
+        for stream in STREAMS:
+            data = self._read(stream)
+            while data:
+                got = True
+                out.extend(self._lines(stream, self.splitters[stream].feed(data)))
+                data = self._read(stream)
+            if final:
+                out.extend(self._lines(stream, self.splitters[stream].flush()))
+        if out:
+            self.log.append(out)
+        if got:
+            self._save_offsets()
+        return got
+
+    def _lines(self, stream: Stream, texts: list[str]) -> list[LogLine]:
+        now = utcnow()
+        return [self.template.model_copy(update={"timestamp": now, "stream": stream, "msg": t}) for t in texts]
+
+    async def run(self, stopped: asyncio.Event) -> None:
+        """Poll until `stopped` is set (the process has exited), then drain."""
+        self.running = True
+        delay = POLL_MIN
+        while not stopped.is_set():
+            got = self.poll()
+            delay = POLL_MIN if got else min(POLL_MAX, delay * 2)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopped.wait(), delay)
+        self.poll(final=True)
+        self.drained.set()
+        self.log.changed.fire()

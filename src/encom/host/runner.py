@@ -1,0 +1,298 @@
+"""One job's life: prepare the bundle, `runc run -d`, health check, discoverd registration, exit, clean-up."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+from collections.abc import Awaitable, Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from encom.api.types import HostJob, HostJobState, InstanceRegistration, LogLine, utcnow
+from encom.discoverd.client import DiscoverdClient
+from encom.host import process, slugs
+from encom.host.bundle import BundleOptions, BundlePaths, write_bundle
+from encom.host.events import EventHub
+from encom.host.health import wait_healthy
+from encom.host.logs import JobLog, Tailer
+from encom.host.ports import PortAllocator
+from encom.host.registry import Registration
+from encom.host.runtime import Runc, RuncError
+
+log = logging.getLogger(__name__)
+
+DRAIN_TIMEOUT = 5.0
+KILL_WAIT = 10.0
+HEALTH_FAIL_GRACE = 2.0
+RECORD = "job.json"
+
+
+@dataclass
+class HostDeps:
+    """What every job of this host shares."""
+
+    host_id: str
+    runc: Runc
+    ports: PortAllocator
+    discoverd: DiscoverdClient
+    slugs: slugs.SlugCache
+    events: EventHub
+    build_dir: Path | None = None
+    uv_binary: Path | None = None
+    uid: int = 0
+    gid: int = 0
+
+
+def oom_killed(job_id: str) -> bool:
+    """Whether the kernel OOM-killed something in the job's cgroup (v1 memory.oom_control, v2 memory.events)."""
+    for path in (
+        Path(f"/sys/fs/cgroup/memory/encom/{job_id}/memory.oom_control"),
+        Path(f"/sys/fs/cgroup/encom/{job_id}/memory.events"),
+    ):
+        with contextlib.suppress(OSError, ValueError):
+            for line in path.read_text().splitlines():
+                key, _, value = line.partition(" ")
+                if key == "oom_kill" and int(value) > 0:
+                    return True
+    return False
+
+
+class JobRunner:
+    def __init__(self, deps: HostDeps, job: HostJob, job_dir: Path) -> None:
+        self.deps = deps
+        self.job = job
+        self.paths = BundlePaths(job_dir)
+        self.log = JobLog(job_dir)
+        spec = job.spec
+        template = LogLine(
+            timestamp=utcnow(),
+            app_id=spec.app_id,
+            job_id=spec.id,
+            process_type=spec.process_type,
+            dyno=spec.dyno,
+            msg="",
+        )
+        self.tailer = Tailer(job_dir, template, self.log)
+        self.exited = asyncio.Event()
+        self.ended = asyncio.Event()
+        self.stop_requested = False
+        self.grace = job.spec.stop_grace
+        self.failure: str | None = None  # set when the health check gives up
+        self.registration: Registration | None = None
+        self.task: asyncio.Task[None] | None = None
+        self._subtasks: list[asyncio.Task[object]] = []
+        if job.state not in ("starting", "up", "stopping"):
+            self.ended.set()
+            self.exited.set()
+            self.tailer.drained.set()
+
+    @property
+    def id(self) -> str:
+        return self.job.spec.id
+
+    # ------------------------------------------------------------------ records and events
+
+    def persist(self) -> None:
+        tmp = self.paths.dir / (RECORD + ".tmp")
+        tmp.write_text(self.job.model_dump_json())
+        tmp.replace(self.paths.dir / RECORD)
+
+    def update(self, **changes: object) -> None:
+        """Record a change that is not a state change (no event)."""
+        self.job = self.job.model_copy(update=changes)
+        self.persist()
+
+    def set_state(self, state: HostJobState, **changes: object) -> None:
+        self.job = self.job.model_copy(update={"state": state, **changes})
+        self.persist()
+        self.deps.events.publish(self.job)
+
+    # ------------------------------------------------------------------ life
+
+    def start(self, adopted: bool = False) -> None:
+        coro = self._adopt() if adopted else self._run()
+        self.task = asyncio.create_task(coro, name=f"job-{self.id}")
+
+    async def _run(self) -> None:
+        try:
+            await self._prepare()
+            if self.stop_requested:
+                await self._finish(None)
+                return
+            stdout, stderr = self.tailer.raw_path("stdout"), self.tailer.raw_path("stderr")
+            pid = await self.deps.runc.run_detached(self.id, self.paths.dir, self.paths.pid_file, stdout, stderr)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bad slug, a full disk, runc refusing the bundle: the job could not start
+            if not isinstance(exc, RuncError):
+                log.exception("job %s could not start", self.id)
+            await self.deps.runc.delete(self.id)
+            self.failure = str(exc) or type(exc).__name__
+            await self._finish(None)
+            return
+        self.update(pid=pid, started_at=utcnow())
+        if self.stop_requested:  # stopped while runc was starting it
+            self._spawn(self._terminate(self.grace))
+        await self._supervise(process.wait_child(pid))
+
+    async def _adopt(self) -> None:
+        pid = self.job.pid or 0
+        # Still our child when a previous host role in this same process started it.
+        ours = _parent_of(pid) == os.getpid()
+        waiter = process.wait_child(pid) if ours else _await_none(process.wait_adopted(pid))
+        if self.job.state == "stopping":
+            self.stop_requested = True
+            self._spawn(self._terminate(HEALTH_FAIL_GRACE))
+        await self._supervise(waiter)
+
+    async def _prepare(self) -> None:
+        spec = self.job.spec
+        if spec.artifact_url:
+            tarball = await self.deps.slugs.fetch(spec.artifact_url)
+            await asyncio.to_thread(slugs.extract, tarball, self.paths.app, self.deps.uid, self.deps.gid)
+        opts = BundleOptions(
+            port=self.job.port,
+            uid=self.deps.uid,
+            gid=self.deps.gid,
+            build_dir=self.deps.build_dir,
+            uv_binary=self.deps.uv_binary,
+        )
+        await asyncio.to_thread(write_bundle, spec, self.paths, opts)
+
+    async def _supervise(self, waiter: Coroutine[Any, Any, int | None]) -> None:
+        exit_task = asyncio.create_task(waiter)
+        exit_task.add_done_callback(lambda _: self.exited.set())
+        self._spawn(self.tailer.run(self.exited))
+        if self.job.state in ("starting", "up") and not self.stop_requested:
+            await self._become_up(exit_task)
+        code = await exit_task
+        await self._finish(code)
+
+    async def _become_up(self, exit_task: asyncio.Task[int | None]) -> None:
+        """Health check then registration, unless the process exits first."""
+        spec = self.job.spec
+        if spec.check is not None and self.job.port is not None:
+            check = asyncio.create_task(wait_healthy(spec.check, self.job.port))
+            await asyncio.wait({check, exit_task}, return_when=asyncio.FIRST_COMPLETED)
+            if not check.done():
+                check.cancel()
+                return
+            reason = check.result()
+            if reason is not None:
+                if not exit_task.done():
+                    self.failure = reason
+                    await self._terminate(HEALTH_FAIL_GRACE)
+                return
+        if spec.service and self.job.port is not None:
+            self.registration = Registration(self.deps.discoverd, spec.service, self.id, self._instance())
+            self.registration.start()
+            registered = asyncio.create_task(self.registration.registered.wait())
+            await asyncio.wait({registered, exit_task}, return_when=asyncio.FIRST_COMPLETED)
+            registered.cancel()
+            if exit_task.done() or self.stop_requested:
+                return
+        if self.job.state != "up" and not self.stop_requested:
+            self.set_state("up")
+
+    def _instance(self) -> InstanceRegistration:
+        spec = self.job.spec
+        meta = {
+            "job_id": spec.id,
+            "app_id": spec.app_id,
+            "release_id": spec.release_id,
+            "process_type": spec.process_type,
+            "host_id": self.deps.host_id,
+        }
+        return InstanceRegistration(addr=f"127.0.0.1:{self.job.port}", meta=meta)
+
+    async def _deregister(self) -> None:
+        if self.registration is not None:
+            registration, self.registration = self.registration, None
+            await registration.stop()
+
+    async def _terminate(self, grace: float) -> None:
+        """SIGTERM, then SIGKILL once `grace` has passed."""
+        await self.deps.runc.kill(self.id, "TERM")
+        try:
+            await asyncio.wait_for(self.exited.wait(), grace)
+        except TimeoutError:
+            await self.deps.runc.kill(self.id, "KILL")
+
+    async def _finish(self, code: int | None) -> None:
+        self.exited.set()
+        if not self.tailer.running:  # never started: what runc printed still belongs in the job's log
+            self.tailer.poll(final=True)
+            self.tailer.drained.set()
+        await self._deregister()
+        oom = oom_killed(self.id)
+        await self.deps.runc.delete(self.id)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.tailer.drained.wait(), DRAIN_TIMEOUT)
+        self.deps.ports.release(self.job.port)
+        await asyncio.to_thread(self._remove_files)
+        state, changes = self._outcome(code, oom)
+        self.set_state(state, ended_at=utcnow(), **changes)
+        self.ended.set()
+
+    def _outcome(self, code: int | None, oom: bool) -> tuple[HostJobState, dict[str, object]]:
+        if self.failure is not None:
+            return "failed", {"error": self.failure}
+        if self.stop_requested or code == 0:
+            return "down", {"exit_status": code}
+        if code is None:
+            return "crashed", {"error": "exited while not supervised by this encomd; exit status unknown"}
+        return "crashed", {"exit_status": code, "error": "out of memory" if oom else f"exited with status {code}"}
+
+    def _remove_files(self) -> None:
+        """An ended job keeps its record and logs; its slug copy and rootfs go."""
+        shutil.rmtree(self.paths.app, ignore_errors=True)
+        shutil.rmtree(self.paths.rootfs, ignore_errors=True)
+        for raw in ("stdout.raw", "stderr.raw"):
+            (self.paths.dir / raw).unlink(missing_ok=True)
+
+    def _spawn(self, coro: Coroutine[Any, Any, object]) -> None:
+        self._subtasks.append(asyncio.create_task(coro))
+
+    # ------------------------------------------------------------------ requests
+
+    async def stop(self, grace: float) -> None:
+        """Deregister, SIGTERM, SIGKILL after `grace`; returns once the job has ended."""
+        if self.ended.is_set():
+            return
+        if not self.stop_requested:
+            self.stop_requested = True
+            self.grace = grace
+            self.set_state("stopping")
+            await self._deregister()
+            if self.job.pid is not None:
+                await self._terminate(grace)
+        await self.ended.wait()
+
+    async def detach(self) -> None:
+        """Stop supervising, leaving the container running and registered (until its TTL) for the next encomd."""
+        for task in [self.task, *self._subtasks]:
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*(t for t in [self.task, *self._subtasks] if t is not None), return_exceptions=True)
+        if self.registration is not None:
+            await self.registration.stop(deregister=False)
+        self.tailer.poll()
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("PPid:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+async def _await_none(aw: Awaitable[None]) -> int | None:
+    await aw
+    return None

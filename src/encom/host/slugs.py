@@ -1,0 +1,75 @@
+"""Slugs: downloaded once per URL from the blobstore into a cache, extracted fresh into each job's /app."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import shutil
+import tarfile
+from pathlib import Path
+
+from encom.blobstore.client import BlobstoreClient
+
+CACHE_KEEP = 20  # cached tarballs kept, newest used first
+
+
+def blob_path_of(url: str) -> str:
+    """An artifact URL is a blobstore path ("/slugs/a/b.tgz"); full blobstore URLs are accepted too."""
+    if "://" in url:
+        url = url.split("://", 1)[1].partition("/")[2]
+    url = url.split("?", 1)[0].lstrip("/")
+    return url.removeprefix("blobs/")
+
+
+class SlugCache:
+    def __init__(self, cache_dir: Path, blobstore: BlobstoreClient) -> None:
+        self.dir = cache_dir
+        self.blobstore = blobstore
+        self.locks: dict[str, asyncio.Lock] = {}
+        cache_dir.mkdir(parents=True, exist_ok=True)
+
+    async def fetch(self, url: str) -> Path:
+        """The local tarball for `url`, downloading it on first use."""
+        key = hashlib.sha256(url.encode()).hexdigest()[:32]
+        target = self.dir / f"{key}.tgz"
+        async with self.locks.setdefault(key, asyncio.Lock()):
+            if target.exists():
+                os.utime(target)
+                return target
+            tmp = target.with_suffix(f".{os.getpid()}.part")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                async for chunk in self.blobstore.download(blob_path_of(url)):
+                    os.write(fd, chunk)
+                os.close(fd)
+                fd = -1
+                os.replace(tmp, target)
+            finally:
+                if fd >= 0:
+                    os.close(fd)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+        await asyncio.to_thread(self._prune)
+        return target
+
+    def _prune(self) -> None:
+        tarballs = sorted(self.dir.glob("*.tgz"), key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in tarballs[CACHE_KEEP:]:
+            old.unlink(missing_ok=True)
+
+
+def extract(tarball: Path, dest: Path, uid: int = 0, gid: int = 0) -> None:
+    """Unpack a slug into an empty /app. Slugs come from user code: the "data" filter refuses absolute paths,
+    `..`, links out of the tree and device files."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    with tarfile.open(tarball, "r:*") as tar:
+        tar.extractall(dest, filter="data")
+    if uid or gid:
+        for root, dirs, files in os.walk(dest):
+            for name in dirs + files:
+                os.lchown(os.path.join(root, name), uid, gid)
+        os.chown(dest, uid, gid)

@@ -1,0 +1,291 @@
+"""The router core: a route table and live backends per service, kept applied to HAProxy.
+
+Every change recomputes the full `Snapshot` and applies the difference to what HAProxy has:
+- servers joining or leaving an existing backend, and map entries, go through the Runtime API (no reload);
+- a backend or TCP frontend appearing or disappearing needs a reload with the regenerated config.
+The files on disk (config and maps) always describe what HAProxy serves, servers included, so a reload or a
+restart loses nothing. If a reload is refused, the parts that fit the running layout are still applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import socket
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import replace
+
+from encom.api.types import Route
+from encom.router.config import (
+    MAP_NAMES,
+    NOT_FOUND_BACKEND,
+    Layout,
+    Options,
+    Snapshot,
+    build_snapshot,
+    render_config,
+    render_map,
+)
+from encom.router.haproxy import HAPROXY_BIN, ConfigError, HAProxy, HAProxyError
+from encom.router.runtime import RuntimeAPIError
+
+SWEEP_SECONDS = 2.0
+DYNAMIC_SERVER_IDS = 100_000  # servers from the config file are numbered 1, 2, ...; runtime ones from here
+RESTART_DELAY_MAX = 30.0
+
+log = logging.getLogger(__name__)
+
+
+def route_key(route_id: str) -> str:
+    """Route ids arrive as "<uuid>" or "<type>/<uuid>"."""
+    return route_id.rsplit("/", 1)[-1]
+
+
+class Router:
+    def __init__(self, options: Options, binary: str = HAPROXY_BIN) -> None:
+        self.options = options
+        self.haproxy = HAProxy(options, binary)
+        self.routes: dict[str, Route] = {}
+        self.servers: dict[str, set[str]] = {}
+        self.applied: Snapshot | None = None  # None: unknown (adopted HAProxy); the next apply reloads
+        self.reloads = 0
+        self.last_error: str | None = None
+        self._failed_layout: Layout | None = None  # a layout whose reload failed: not retried until the layout changes
+        self._lingering: dict[str, set[str]] = {}  # backend -> servers in maintenance, to delete when idle
+        self._lock = asyncio.Lock()
+        self._held = 0
+        self._server_ids = itertools.count(DYNAMIC_SERVER_IDS)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Adopt a HAProxy left running for us, or start one serving the current state."""
+        self._closing = False
+        async with self._lock:
+            if await self.haproxy.adopt():
+                self.applied = None
+            else:
+                target = self.desired()
+                self._write_maps(target)
+                await self.haproxy.start(render_config(target, self.options))
+                self.applied = target
+        self._tasks = [
+            asyncio.create_task(self._supervise(), name="router-haproxy-supervisor"),
+            asyncio.create_task(self._sweep(), name="router-server-sweeper"),
+        ]
+
+    async def close(self, detach: bool = False) -> None:
+        self._closing = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        async with self._lock:
+            await self.haproxy.stop(detach=detach)
+
+    # ------------------------------------------------------------ state changes
+
+    def services(self) -> set[str]:
+        return {r.service for r in self.routes.values()}
+
+    def desired(self) -> Snapshot:
+        return build_snapshot(self.routes.values(), self.servers)
+
+    async def set_routes(self, routes: Iterable[Route]) -> None:
+        self.routes = {route_key(r.id): r for r in routes}
+        await self.apply()
+
+    async def add_route(self, route: Route) -> None:
+        self.routes[route_key(route.id)] = route
+        await self.apply()
+
+    async def remove_route(self, route_id: str) -> None:
+        if self.routes.pop(route_key(route_id), None) is not None:
+            await self.apply()
+
+    async def remove_app(self, app_id: str) -> None:
+        before = len(self.routes)
+        self.routes = {k: r for k, r in self.routes.items() if r.app_id != app_id}
+        if len(self.routes) != before:
+            await self.apply()
+
+    async def set_backends(self, service: str, addrs: Iterable[str]) -> None:
+        self.servers[service] = set(addrs)
+        await self.apply()
+
+    def forget_service(self, service: str) -> None:
+        """Drop the servers of a service no longer routed (its backend is already gone from the routes)."""
+        self.servers.pop(service, None)
+
+    async def backend_up(self, service: str, addr: str) -> None:
+        self.servers.setdefault(service, set()).add(addr)
+        await self.apply()
+
+    async def backend_down(self, service: str, addr: str) -> None:
+        self.servers.setdefault(service, set()).discard(addr)
+        await self.apply()
+
+    @contextlib.asynccontextmanager
+    async def hold(self) -> AsyncIterator[None]:
+        """Collect changes and apply them once at the end (a full resync must not reload per route)."""
+        self._held += 1
+        try:
+            yield
+        finally:
+            self._held -= 1
+        await self.apply()
+
+    # ------------------------------------------------------------ applying
+
+    async def apply(self) -> None:
+        if self._held:
+            return
+        async with self._lock:
+            if not self.haproxy.running():
+                return  # the supervisor restarts it and applies again
+            await self._apply(self.desired())
+
+    async def _apply(self, target: Snapshot) -> None:
+        applied = self.applied
+        if applied is not None and applied.layout() == target.layout():
+            try:
+                await self._apply_runtime(applied, target)
+                return
+            except RuntimeAPIError as exc:
+                log.warning("runtime update failed (%s); reloading instead", exc)
+        try:
+            if target.layout() == self._failed_layout and applied is not None:
+                raise HAProxyError(f"not retrying the failed reload: {self.last_error}")
+            await self._reload(target, applied)
+        except HAProxyError as exc:
+            self._failed_layout = target.layout()
+            self.last_error = str(exc)
+            log.error("router reload failed; keeping the running configuration: %s", exc)
+            if applied is not None:
+                with contextlib.suppress(RuntimeAPIError):
+                    await self._apply_runtime(applied, fit_layout(target, applied))
+
+    async def _reload(self, target: Snapshot, applied: Snapshot | None) -> None:
+        config = render_config(target, self.options)
+        await self.haproxy.validate(config)  # before the maps change on disk
+        if applied is not None:
+            self._check_ports_free(set(target.tcp_frontends) - set(applied.tcp_frontends))
+        self._write_maps(target)
+        await self.haproxy.reload(config)
+        self.applied = target
+        self._lingering.clear()
+        self.reloads += 1
+        self.last_error = None
+        self._failed_layout = None
+
+    def _check_ports_free(self, ports: Iterable[int]) -> None:
+        """A port taken by another process fails the reload only after HAProxy paused its listeners for ~2 s
+        of bind retries; find out first."""
+        for port in sorted(ports):
+            with socket.socket() as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    probe.bind((self.options.bind, port))
+                except OSError as exc:
+                    raise ConfigError(f"TCP route port {port} is not available: {exc}") from None
+
+    async def _apply_runtime(self, old: Snapshot, new: Snapshot) -> None:
+        self.applied = None  # unknown until every step succeeded
+        rt = self.haproxy.runtime
+        for name, backend in new.backends.items():
+            for addr in sorted(backend.servers - old.backends[name].servers):
+                await self._server_up(name, addr)
+        hosts = self.options.map_path("hosts")
+        for key in sorted(old.hosts.keys() - new.hosts.keys()):
+            await rt.del_map_entry(hosts, key)
+        for key, value in sorted(new.hosts.items()):
+            if old.hosts.get(key) != value:
+                await rt.set_map_entry(hosts, key, value, exists=key in old.hosts)
+        if old.paths != new.paths:
+            await rt.replace_map(self.options.map_path("paths"), list(new.paths))
+        if old.wildcards != new.wildcards:
+            await rt.replace_map(self.options.map_path("wildcards"), list(new.wildcards))
+        for name, backend in new.backends.items():
+            for addr in sorted(old.backends[name].servers - backend.servers):
+                await self._server_down(name, addr)
+        self.applied = new
+        self._write_maps(new)
+        self.haproxy.write_file(self.options.config_path, render_config(new, self.options))
+
+    async def _server_up(self, backend: str, addr: str) -> None:
+        lingering = self._lingering.get(backend, set())
+        if addr in lingering:
+            lingering.discard(addr)
+            await self.haproxy.runtime.enable_server(backend, addr)
+        else:
+            await self.haproxy.runtime.add_server(backend, addr, next(self._server_ids))
+
+    async def _server_down(self, backend: str, addr: str) -> None:
+        """Maintenance at once (no new requests); deleted when its connections are gone."""
+        await self.haproxy.runtime.disable_server(backend, addr)
+        if not await self.haproxy.runtime.delete_server(backend, addr):
+            self._lingering.setdefault(backend, set()).add(addr)
+
+    def _write_maps(self, snapshot: Snapshot) -> None:
+        maps = snapshot.maps()
+        for name in MAP_NAMES:
+            self.haproxy.write_file(self.options.map_path(name), render_map(maps[name]))
+
+    # ------------------------------------------------------------ background
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_SECONDS)
+            async with self._lock:
+                await self._delete_lingering()
+
+    async def _delete_lingering(self) -> None:
+        for backend, addrs in list(self._lingering.items()):
+            for addr in sorted(addrs):
+                try:
+                    if await self.haproxy.runtime.delete_server(backend, addr):
+                        addrs.discard(addr)
+                except RuntimeAPIError as exc:
+                    log.debug("deleting %s/%s: %s", backend, addr, exc)
+            if not addrs:
+                del self._lingering[backend]
+
+    async def _supervise(self) -> None:
+        """Restart HAProxy whenever it dies, from the last applied configuration on disk."""
+        delay = 0.5
+        while True:
+            await self.haproxy.wait_exit()
+            if self._closing:
+                return
+            log.error("haproxy exited unexpectedly:\n%s", self.haproxy.log_tail())
+            try:
+                async with self._lock:
+                    self._lingering.clear()
+                    await self.haproxy.start()
+                delay = 0.5
+                await self.apply()
+            except (HAProxyError, RuntimeAPIError) as exc:
+                log.error("restarting haproxy failed (retrying in %.1fs): %s", delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RESTART_DELAY_MAX)
+
+
+def fit_layout(target: Snapshot, layout: Snapshot) -> Snapshot:
+    """`target` cut down to what `layout`'s running configuration can serve without a reload."""
+    backends = {}
+    for name, backend in layout.backends.items():
+        wanted = target.backends.get(name)
+        backends[name] = wanted if wanted is not None and wanted.mode == backend.mode else backend
+    known = set(backends) | {NOT_FOUND_BACKEND}
+    return replace(
+        target,
+        backends=backends,
+        hosts={k: v for k, v in target.hosts.items() if v in known},
+        paths=tuple((k, v) for k, v in target.paths if v in known),
+        wildcards=tuple((k, v) for k, v in target.wildcards if v in known),
+        tcp_frontends=dict(layout.tcp_frontends),
+    )

@@ -1,0 +1,184 @@
+"""Router config generation: snapshots from routes and servers, the rendered config and maps."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from encom.api.types import Route
+from encom.router.config import (
+    NOT_FOUND_BACKEND,
+    Options,
+    Snapshot,
+    backend_name,
+    build_snapshot,
+    max_connections,
+    render_config,
+    render_map,
+    server_name,
+)
+from encom.router.haproxy import parse_show_proc
+from encom.router.router import fit_layout, route_key
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def route(n: int, service: str, domain: str | None = None, path: str = "/", port: int | None = None) -> Route:
+    return Route(
+        id=f"r{n}", app_id="app", type="tcp" if port else "http", domain=domain, path=path, port=port,
+        service=service, created_at=T0 + timedelta(seconds=n), updated_at=T0,
+    )  # fmt: skip
+
+
+def test_http_routes_become_host_map_entries_and_backends() -> None:
+    snap = build_snapshot(
+        [route(1, "a-web", "A.Example.com"), route(2, "b-web", "b.example.com")],
+        {"a-web": {"127.0.0.1:55000", "127.0.0.1:55001"}, "unrouted": {"127.0.0.1:1"}},
+    )
+    assert snap.hosts == {"a.example.com": "h_a-web", "b.example.com": "h_b-web"}
+    assert set(snap.backends) == {"h_a-web", "h_b-web"}
+    assert snap.backends["h_a-web"].servers == {"127.0.0.1:55000", "127.0.0.1:55001"}
+    assert snap.backends["h_b-web"].servers == frozenset()
+
+
+def test_paths_and_wildcards_are_ordered_most_specific_first() -> None:
+    snap = build_snapshot(
+        [
+            route(1, "root", "x.test"),
+            route(2, "api", "x.test", "/api"),
+            route(3, "v2", "x.test", "/api/v2/"),
+            route(4, "any", "*.test"),
+            route(5, "deep", "*.y.test"),
+        ],
+        {},
+    )
+    assert snap.paths == (("x.test/api/v2/", "h_v2"), ("x.test/api/", "h_api"))
+    assert snap.wildcards == ((".y.test", "h_deep"), (".test", "h_any"))
+    assert snap.hosts == {"x.test": "h_root"}
+
+
+def test_oldest_route_wins_a_conflict_and_invalid_routes_are_skipped() -> None:
+    snap = build_snapshot(
+        [
+            route(2, "newer", "dup.test"),
+            route(1, "older", "dup.test"),
+            route(3, "bad", "has space.test"),
+            route(4, "bad2", "ok.test", path="/a b"),
+            route(5, "badport", port=70000),
+        ],
+        {},
+    )
+    assert snap.hosts == {"dup.test": "h_older"}
+    assert "h_bad" not in snap.backends and "h_bad2" not in snap.backends and "t_badport" not in snap.backends
+
+
+def test_tcp_routes_get_a_frontend_and_a_tcp_backend() -> None:
+    snap = build_snapshot([route(1, "db", port=3000), route(2, "db", "db.test")], {"db": {"10.0.0.1:55000"}})
+    assert snap.tcp_frontends == {3000: "t_db"}
+    assert snap.backends["t_db"].mode == "tcp" and snap.backends["h_db"].mode == "http"
+
+
+def test_layout_ignores_servers_and_maps() -> None:
+    routes = [route(1, "a", "a.test")]
+    one = build_snapshot(routes, {"a": {"127.0.0.1:1"}})
+    two = build_snapshot([*routes, route(2, "a", "alias.test")], {"a": {"127.0.0.1:2"}})
+    assert one.layout() == two.layout()
+    assert build_snapshot([route(3, "b", "b.test")], {}).layout() != one.layout()
+    assert build_snapshot([*routes, route(4, "a", port=3001)], {}).layout() != one.layout()
+
+
+def test_names_are_haproxy_identifiers() -> None:
+    assert backend_name("my-app-web", "http") == "h_my-app-web"
+    assert backend_name("odd/name space", "tcp") == "t_odd_name_space"
+    assert server_name("10.0.0.7:55003") == "s_10.0.0.7_55003"
+
+
+def test_rendered_config(tmp_path: Path) -> None:
+    snap = build_snapshot(
+        [route(1, "a-web", "a.test"), route(2, "db", port=3000)], {"a-web": {"127.0.0.1:55000"}, "db": set()}
+    )
+    text = render_config(snap, Options(dir=tmp_path, http_port=8080, maxconn=5000))
+    assert "maxconn 5000" in text
+    assert f"stats socket {tmp_path}/haproxy.sock mode 600 level admin" in text
+    assert "bind 127.0.0.1:8080\n" in text
+    assert "option idle-close-on-response" in text
+    assert "option forwardfor" in text
+    assert "balance random" in text
+    assert "retries 3" in text and "option redispatch 1" in text
+    assert f"map_str({tmp_path}/hosts.map)" in text
+    assert f"default_backend {NOT_FOUND_BACKEND}" in text
+    assert "frontend tcp_3000\n    mode tcp\n    bind 127.0.0.1:3000\n    default_backend t_db" in text
+    assert "server s_127.0.0.1_55000 127.0.0.1:55000 weight 100" in text
+    assert "ssl crt" not in text
+
+
+def test_https_frontend_only_with_a_certificate(tmp_path: Path) -> None:
+    opts = Options(dir=tmp_path, https_port=8443, cert_pem=tmp_path / "c.pem")
+    text = render_config(Snapshot(), opts)
+    assert f"bind 127.0.0.1:8443 ssl crt {tmp_path}/c.pem alpn h2,http/1.1" in text
+    assert "X-Forwarded-Proto https" in text
+    assert "ssl crt" not in render_config(Snapshot(), Options(dir=tmp_path, https_port=8443))
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/sbin/haproxy"), reason="needs HAProxy")
+def test_rendered_config_is_valid_haproxy(tmp_path: Path) -> None:
+    snap = build_snapshot(
+        [
+            route(1, "a-web", "a.test"),
+            route(2, "a-web", "a.test", "/x"),
+            route(3, "w", "*.w.test"),
+            route(4, "t", port=3),
+        ],
+        {"a": {"127.0.0.1:55000", "127.0.0.1:55001"}},
+    )
+    opts = Options(dir=tmp_path)
+    for name, entries in snap.maps().items():
+        opts.map_path(name).write_text(render_map(entries))
+    opts.config_path.write_text(render_config(snap, opts))
+    check = subprocess.run(["/usr/sbin/haproxy", "-c", "-f", str(opts.config_path)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_render_map() -> None:
+    assert render_map([("a.test", "h_a"), ("b.test", "h_b")]) == "a.test h_a\nb.test h_b\n"
+    assert render_map([]) == ""
+
+
+def test_max_connections_stays_within_the_fd_limit() -> None:
+    assert max_connections(nofile=20000) == 9488
+    assert max_connections(listeners=500, nofile=20000) == 8988
+    assert max_connections(nofile=1024) == 256
+    assert max_connections() * 2 < 1_000_000
+
+
+def test_parse_show_proc() -> None:
+    text = """#<PID>          <type>          <reloads>       <uptime>        <version>
+11740           master          3 [failed: 1]   0d00h00m11s     2.6.12
+# workers
+11867           worker          0               0d00h00m01s     2.6.12
+# old workers
+11800           worker          1               0d00h00m05s     2.6.12
+# programs
+"""
+    state = parse_show_proc(text)
+    assert (state.master, state.reloads, state.failed, state.workers) == (11740, 3, 1, (11867,))
+
+
+def test_fit_layout_keeps_the_running_layout() -> None:
+    running = build_snapshot([route(1, "a", "a.test")], {"a": {"127.0.0.1:1"}})
+    wanted = build_snapshot(
+        [route(1, "a", "a.test"), route(2, "a", "alias.test"), route(3, "b", "b.test"), route(4, "c", port=3000)],
+        {"a": {"127.0.0.1:2"}, "b": {"127.0.0.1:3"}},
+    )
+    fitted = fit_layout(wanted, running)
+    assert fitted.layout() == running.layout()
+    assert fitted.backends["h_a"].servers == {"127.0.0.1:2"}
+    assert fitted.hosts == {"a.test": "h_a", "alias.test": "h_a"}
+
+
+def test_route_keys_accept_typed_ids() -> None:
+    assert route_key("http/1234") == route_key("1234") == "1234"
