@@ -99,9 +99,8 @@ class Cluster:
     log: Path
 
 
-@pytest.fixture(scope="session")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    state = tmp_path_factory.mktemp("encom-state")
+def start_cluster(state: Path, port_base: int) -> Cluster:
+    """`python -m encom.bootstrap up` as `make up` runs it, on a compact high-port layout."""
     up = subprocess.run(
         [
             sys.executable,
@@ -111,7 +110,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             "--state-dir",
             str(state),
             "--port-base",
-            str(PORT_BASE),
+            str(port_base),
             "--no-cli",
         ],
         capture_output=True,
@@ -120,19 +119,28 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         cwd=REPO,
     )
     log = state / "log" / "encomd.log"
+    assert up.returncode == 0, f"bootstrap failed:\n{up.stdout}\n{up.stderr}\n{log.read_text() if log.exists() else ''}"
+    line = next(ln.strip() for ln in up.stdout.splitlines() if ln.strip().startswith("encom cluster add"))
+    return Cluster(state_dir=state, add_line=line, router_port=port_base + 80, log=log)
+
+
+def stop_cluster(state: Path) -> None:
+    """`make down`: encomd and everything it started."""
+    subprocess.run(
+        [sys.executable, "-m", "encom.bootstrap", "down", "--state-dir", str(state)],
+        capture_output=True,
+        timeout=120,
+        cwd=REPO,
+    )
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    state = tmp_path_factory.mktemp("encom-state")
     try:
-        assert up.returncode == 0, (
-            f"bootstrap failed:\n{up.stdout}\n{up.stderr}\n{log.read_text() if log.exists() else ''}"
-        )
-        line = next(ln.strip() for ln in up.stdout.splitlines() if ln.strip().startswith("encom cluster add"))
-        yield Cluster(state_dir=state, add_line=line, router_port=PORT_BASE + 80, log=log)
+        yield start_cluster(state, PORT_BASE)
     finally:
-        subprocess.run(
-            [sys.executable, "-m", "encom.bootstrap", "down", "--state-dir", str(state)],
-            capture_output=True,
-            timeout=120,
-            cwd=REPO,
-        )
+        stop_cluster(state)
 
 
 def wait_for(what: str, check: Callable[[], bool], timeout: float = 60.0, interval: float = 0.2) -> None:
