@@ -6,44 +6,20 @@ import asyncio
 import contextlib
 import hashlib
 import os
-import random
-import socket
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 import httpx
 import pytest
 
 from encom.api.errors import ApiError
-from encom.api.role import RoleContext
 from encom.api.settings import Ports, Settings
 from encom.blobstore.client import BlobstoreClient, blob_path
 from encom.blobstore.service import run
+from tests.integration.roles import WAIT, free_port, running_role, within
 
-WAIT = 10.0
-
-T = TypeVar("T")
-
-
-def free_port() -> int:
-    """A free loopback port in 21000-21999 (the range reserved for these tests)."""
-    for port in random.sample(range(21000, 22000), 1000):
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port in 21000-21999")
-
-
-async def within(awaitable: Awaitable[T], what: str, seconds: float = WAIT) -> T:
-    try:
-        return await asyncio.wait_for(awaitable, seconds)
-    except TimeoutError:
-        pytest.fail(f"timed out after {seconds}s waiting for {what}")
+PORTS = (21000, 21999)  # the range reserved for these tests
 
 
 @dataclass
@@ -59,20 +35,13 @@ class Blobstore:
 
 @pytest.fixture
 async def blobstore(tmp_path: Path) -> AsyncIterator[Blobstore]:
-    settings = Settings(data_dir=tmp_path / "data", ports=Ports(blobstore=free_port()))
-    ctx = RoleContext(settings)
-    task = asyncio.create_task(run(ctx))
-    await within(ctx.ready.wait(), "the blobstore to accept requests")
-    client = BlobstoreClient(settings.blobstore_url, settings.internal_secret)
-    anonymous = httpx.AsyncClient(timeout=WAIT)
-    try:
+    settings = Settings(data_dir=tmp_path / "data", ports=Ports(blobstore=free_port(*PORTS)))
+    async with (
+        running_role(run, settings, "blobstore", WAIT, WAIT),
+        BlobstoreClient(settings.blobstore_url, settings.internal_secret) as client,
+        httpx.AsyncClient(timeout=WAIT) as anonymous,
+    ):
         yield Blobstore(settings, client, anonymous)
-    finally:
-        await anonymous.aclose()
-        await client.aclose()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await within(task, "the blobstore to stop")
 
 
 async def test_put_get_head_delete(blobstore: Blobstore) -> None:

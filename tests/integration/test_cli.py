@@ -9,9 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import random
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -34,25 +32,15 @@ from encom.bootstrap.tls import controller_pin, ensure_tls
 from encom.cli.main import cli
 from encom.controller.client import ControllerClient
 from encom.controller.service import run
+from tests.integration.roles import free_port
 
 pytestmark = pytest.mark.integration
 
 START_TIMEOUT = 20.0
 CLI_TIMEOUT = 60.0
 ENCOM = Path(sys.executable).parent / "encom"
+PORTS = (27000, 27999)  # the range reserved for these tests
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    """A free loopback port in 27000-27999 (the range reserved for these tests)."""
-    for port in random.sample(range(27000, 28000), 1000):
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port in 27000-27999")
 
 
 class ControllerThread:
@@ -125,7 +113,7 @@ class Cluster:
 
 @pytest.fixture
 def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
-    settings = Settings(data_dir=tmp_path / "data", ports=Ports(controller=free_port()))
+    settings = Settings(data_dir=tmp_path / "data", ports=Ports(controller=free_port(*PORTS)))
     ensure_tls(settings)
     home = tmp_path / "home"
     home.mkdir()

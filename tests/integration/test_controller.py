@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import random
-import socket
 import subprocess
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
@@ -18,7 +16,6 @@ from fastapi import FastAPI
 
 from encom.api.client import ca_context
 from encom.api.errors import ApiError
-from encom.api.role import RoleContext
 from encom.api.server import embedded_server, run_server
 from encom.api.settings import Ports, Settings
 from encom.api.types import (
@@ -37,23 +34,14 @@ from encom.api.types import (
 from encom.bootstrap.tls import ensure_tls
 from encom.controller import service
 from encom.controller.client import ControllerClient
+from tests.integration.roles import free_port, running_role
 
 pytestmark = pytest.mark.integration
 T = TypeVar("T")
 START_TIMEOUT = 20.0
 EVENT_TIMEOUT = 10.0
-
-
-def free_port(low: int = 23000, high: int = 23999) -> int:
-    for _ in range(100):
-        port = random.randint(low, high)
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError(f"no free port in {low}-{high}")
+PORTS = (23000, 23999)  # the controller
+FAKE_PORTS = (24000, 24999)  # the fake discoverd and hosts of the log test
 
 
 async def within(what: str, awaitable: Awaitable[T], seconds: float = EVENT_TIMEOUT) -> T:
@@ -65,28 +53,17 @@ async def within(what: str, awaitable: Awaitable[T], seconds: float = EVENT_TIME
 
 @asynccontextmanager
 async def running_controller(settings: Settings) -> AsyncIterator[ControllerClient]:
-    ctx = RoleContext(settings)
-    task = asyncio.create_task(service.run(ctx))
-    ready = asyncio.create_task(ctx.ready.wait())
-    done, _ = await asyncio.wait({ready, task}, timeout=START_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
-    if ready not in done:
-        ready.cancel()
-        task.cancel()
-        error = task.exception() if task.done() else None
-        pytest.fail(f"the controller did not become ready within {START_TIMEOUT:.0f}s: {error}")
-    client = ControllerClient(settings.controller_url, settings.cluster_key, verify=ca_context(settings.ca_cert_path))
-    try:
+    verify = ca_context(settings.ca_cert_path)
+    async with (
+        running_role(service.run, settings, "controller", START_TIMEOUT, START_TIMEOUT),
+        ControllerClient(settings.controller_url, settings.cluster_key, verify=verify) as client,
+    ):
         yield client
-    finally:
-        await client.aclose()
-        task.cancel()
-        await asyncio.wait({task}, timeout=START_TIMEOUT)
-        assert task.done(), "the controller did not stop"
 
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    settings = Settings(data_dir=tmp_path, ports=Ports(controller=free_port()))
+    settings = Settings(data_dir=tmp_path, ports=Ports(controller=free_port(*PORTS)))
     ensure_tls(settings)
     return settings
 
@@ -467,12 +444,12 @@ def fake_host(name: str, base: datetime, offsets: list[int]) -> FastAPI:
 
 
 async def test_app_log_merges_hosts(tmp_path: Path) -> None:
-    ports = Ports(controller=free_port(), discoverd=free_port(24000, 24999))
+    ports = Ports(controller=free_port(*PORTS), discoverd=free_port(*FAKE_PORTS))
     settings = Settings(data_dir=tmp_path, ports=ports)
     ensure_tls(settings)
     base = datetime(2026, 1, 1, tzinfo=UTC)
-    host_ports = [free_port(24000, 24999), free_port(24000, 24999)]
-    dead_host = f"http://127.0.0.1:{free_port(24000, 24999)}"
+    host_ports = [free_port(*FAKE_PORTS), free_port(*FAKE_PORTS)]
+    dead_host = f"http://127.0.0.1:{free_port(*FAKE_PORTS)}"
     servers = [
         embedded_server(fake_host("a", base, [0, 2, 4]), "127.0.0.1", host_ports[0]),
         embedded_server(fake_host("b", base, [1, 3]), "127.0.0.1", host_ports[1]),

@@ -4,69 +4,45 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
-import socket
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 
 from encom.api.errors import ApiError
-from encom.api.role import RoleContext
 from encom.api.settings import Ports, Settings
 from encom.api.types import InstanceRegistration, ServiceEvent, ServiceMeta
 from encom.discoverd.client import DiscoverdClient
 from encom.discoverd.service import run
 from encom.discoverd.store import MemoryStore
+from tests.integration import roles
+from tests.integration.roles import free_port, running_role, start_role
 
 TEST_TTL = 0.6
 SCAN_INTERVAL = 0.05
 WAIT = 5.0
+PORTS = (21000, 21999)  # the range reserved for these tests
 
-T = TypeVar("T")
-
-
-def free_port() -> int:
-    """A free loopback port in 21000-21999 (the range reserved for these tests)."""
-    for port in random.sample(range(21000, 22000), 1000):
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port in 21000-21999")
-
-
-async def within(awaitable: Awaitable[T], what: str, seconds: float = WAIT) -> T:
-    try:
-        return await asyncio.wait_for(awaitable, seconds)
-    except TimeoutError:
-        pytest.fail(f"timed out after {seconds}s waiting for {what}")
+within = partial(roles.within, seconds=WAIT)
 
 
 class Discoverd:
-    def __init__(self, settings: Settings, task: asyncio.Task[None]) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.task = task
         self.client = DiscoverdClient(settings.discoverd_url, settings.internal_secret)
 
 
 @pytest.fixture
 async def discoverd(tmp_path: Path) -> AsyncIterator[Discoverd]:
-    settings = Settings(data_dir=tmp_path, ports=Ports(discoverd=free_port()))
-    ctx = RoleContext(settings)
-    task = asyncio.create_task(run(ctx, MemoryStore(ttl=TEST_TTL, scan_interval=SCAN_INTERVAL)))
-    await within(ctx.ready.wait(), "discoverd to accept requests")
-    service = Discoverd(settings, task)
-    try:
-        yield service
-    finally:
-        await service.client.aclose()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await within(task, "discoverd to stop")
+    settings = Settings(data_dir=tmp_path, ports=Ports(discoverd=free_port(*PORTS)))
+    store = MemoryStore(ttl=TEST_TTL, scan_interval=SCAN_INTERVAL)
+    async with running_role(lambda ctx: run(ctx, store), settings, "discoverd", WAIT, WAIT):
+        service = Discoverd(settings)
+        try:
+            yield service
+        finally:
+            await service.client.aclose()
 
 
 class Watcher:
@@ -281,10 +257,8 @@ async def test_bad_names_are_refused(discoverd: Discoverd) -> None:
 
 
 async def test_stopping_the_role_ends_open_watches_promptly(tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path, ports=Ports(discoverd=free_port()))
-    ctx = RoleContext(settings)
-    task = asyncio.create_task(run(ctx))
-    await within(ctx.ready.wait(), "discoverd to accept requests")
+    settings = Settings(data_dir=tmp_path, ports=Ports(discoverd=free_port(*PORTS)))
+    task = (await start_role(run, settings, "discoverd", WAIT)).task
     async with DiscoverdClient(settings.discoverd_url, settings.internal_secret) as client:
         events: list[ServiceEvent] = []
         started = asyncio.Event()

@@ -23,11 +23,12 @@ from typing import Any, TypeVar
 import pytest
 
 from encom.api.client import ca_context
-from encom.api.settings import Ports, Settings
+from encom.api.settings import Settings
 from encom.api.types import Job, Release
 from encom.blobstore.client import BlobstoreClient
 from encom.bootstrap.tls import ensure_tls
 from encom.controller.client import ControllerClient
+from tests.integration.roles import cluster_ports
 
 pytestmark = [
     pytest.mark.integration,
@@ -36,19 +37,7 @@ pytestmark = [
 
 REPO = Path(__file__).resolve().parents[2]
 ROLES = ["discoverd", "blobstore", "host", "controller", "scheduler", "gitreceive"]
-PORTS = Ports(
-    controller=25081,
-    discoverd=25011,
-    blobstore=25012,
-    host=25013,
-    router_http=25080,
-    router_https=25443,
-    gitreceive=25022,
-    tcp_route_start=25100,
-    tcp_route_end=25199,
-    job_start=25500,
-    job_end=25599,
-)
+PORTS = cluster_ports(25000)
 FIRST_PUSH = [
     "-----> Building example...",
     "-----> Python app detected",

@@ -6,25 +6,24 @@ import asyncio
 import contextlib
 import json
 import os
-import random
 import signal
 import socket
 import ssl
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
 
 import httpx
 import pytest
 
-from encom.api.role import RoleContext
+from encom.api.procs import process_alive
 from encom.api.settings import Ports, Settings
 from encom.api.types import Route
 from encom.router.config import Options
-from encom.router.haproxy import ConfigError, HAProxyError, process_alive
+from encom.router.haproxy import ConfigError, HAProxyError
 from encom.router.router import Router
+from tests.integration.roles import eventually, free_port, running_role, within
 
 pytestmark = [
     pytest.mark.integration,
@@ -33,38 +32,11 @@ pytestmark = [
 
 HTTP_PORT = 24080
 HTTPS_PORT = 24443
-WAIT = 10.0
-T = TypeVar("T")
+PORTS = (24100, 24999)  # backends and TCP routes
+ROLE_PORTS = (24000, 24099)  # role APIs of the wiring test
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def free_port() -> int:
-    """A free loopback port in 24100-24999."""
-    for port in random.sample(range(24100, 25000), 900):
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port in 24100-24999")
-
-
-async def within(awaitable: Awaitable[T], what: str, seconds: float = WAIT) -> T:
-    try:
-        return await asyncio.wait_for(awaitable, seconds)
-    except TimeoutError:
-        pytest.fail(f"timed out after {seconds}s waiting for {what}")
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], what: str, seconds: float = WAIT) -> None:
-    async def poll() -> None:
-        while not await check():  # noqa: ASYNC110 (polling an outside process)
-            await asyncio.sleep(0.05)
-
-    await within(poll(), what, seconds)
 
 
 _created = datetime(2026, 1, 1, tzinfo=UTC)
@@ -97,7 +69,7 @@ class Backend:
         self.writers: set[asyncio.StreamWriter] = set()
 
     async def start(self, port: int | None = None) -> Backend:
-        self.port = port or free_port()
+        self.port = port or free_port(*PORTS)
         self.addr = f"127.0.0.1:{self.port}"
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
         return self
@@ -130,7 +102,7 @@ class Backend:
 
 class EchoServer:
     def __init__(self) -> None:
-        self.port = free_port()
+        self.port = free_port(*PORTS)
         self.addr = f"127.0.0.1:{self.port}"
         self.server: asyncio.Server | None = None
 
@@ -444,7 +416,7 @@ async def test_failed_reload_keeps_serving_and_runtime_changes(
 
 async def test_tcp_route_echo(router: Router) -> None:
     echo = await EchoServer().start()
-    port = free_port()
+    port = free_port(*PORTS)
     try:
         await router.set_routes([tcp_route(port, "echo")])
         await router.backend_up("echo", echo.addr)
@@ -550,39 +522,6 @@ async def test_https_with_sni_and_alpn(tmp_path: Path, backends: MakeBackends) -
 # ---------------------------------------------------------------- the role, with the real controller and discoverd
 
 
-def low_port() -> int:
-    """A free loopback port in 24000-24099 (role APIs of the wiring test)."""
-    for port in random.sample(range(24000, 24100), 100):
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port in 24000-24099")
-
-
-RoleRun = Callable[[RoleContext], Coroutine[Any, Any, None]]
-
-
-@contextlib.asynccontextmanager
-async def role(name: str, run: RoleRun, settings: Settings) -> AsyncIterator[None]:
-    ctx = RoleContext(settings)
-    task = asyncio.create_task(run(ctx), name=f"test-{name}")
-    ready = asyncio.create_task(ctx.ready.wait())
-    done, _ = await asyncio.wait({ready, task}, timeout=WAIT * 2, return_when=asyncio.FIRST_COMPLETED)
-    if ready not in done:
-        ready.cancel()
-        task.cancel()
-        pytest.fail(f"the {name} role did not become ready: {task.exception() if task.done() else 'timeout'}")
-    try:
-        yield
-    finally:
-        task.cancel()
-        await asyncio.wait({task}, timeout=WAIT)
-        assert task.done(), f"the {name} role did not stop"
-
-
 async def test_role_follows_controller_routes_and_discoverd_backends(tmp_path: Path, backends: MakeBackends) -> None:
     from encom.api.client import ca_context
     from encom.api.types import InstanceRegistration, RouteCreate
@@ -593,14 +532,19 @@ async def test_role_follows_controller_routes_and_discoverd_backends(tmp_path: P
     from encom.discoverd.client import DiscoverdClient
     from encom.router import service as router_service
 
-    ports = Ports(controller=low_port(), discoverd=low_port(), router_http=HTTP_PORT, router_https=HTTPS_PORT)
+    ports = Ports(
+        controller=free_port(*ROLE_PORTS),
+        discoverd=free_port(*ROLE_PORTS),
+        router_http=HTTP_PORT,
+        router_https=HTTPS_PORT,
+    )
     settings = Settings(data_dir=tmp_path, ports=ports)
     ensure_tls(settings)
     one, two = await backends(2)
     ca = ssl.create_default_context(cafile=str(settings.ca_cert_path))
     async with (
-        role("discoverd", discoverd_service.run, settings),
-        role("controller", controller_service.run, settings),
+        running_role(discoverd_service.run, settings, "discoverd"),
+        running_role(controller_service.run, settings, "controller"),
         ControllerClient(settings.controller_url, settings.cluster_key, verify=ca_context(settings.ca_cert_path)) as cc,
         DiscoverdClient(settings.discoverd_url, settings.internal_secret) as dc,
         httpx.AsyncClient(base_url=f"http://127.0.0.1:{HTTP_PORT}", timeout=5.0) as client,
@@ -608,7 +552,7 @@ async def test_role_follows_controller_routes_and_discoverd_backends(tmp_path: P
     ):
         app = await cc.create_app("early")  # routed before the router starts: the full sync picks it up
         await dc.register("early-web", "one", InstanceRegistration(addr=one.addr))
-        async with role("router", router_service.run, settings):
+        async with running_role(router_service.run, settings, "router"):
             host = f"early.{settings.domain}"
 
             async def reaches(ports: set[int]) -> bool:

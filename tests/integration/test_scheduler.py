@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import io
 import os
 import shutil
@@ -25,12 +24,14 @@ import pytest
 
 from encom.api.client import ca_context
 from encom.api.role import RoleContext
-from encom.api.settings import Ports, Settings
+from encom.api.settings import Settings
 from encom.api.types import App, ArtifactCreate, HostJob, Job, ProcessType, Release, ReleaseCreate
 from encom.blobstore.client import BlobstoreClient
 from encom.bootstrap.tls import ensure_tls
 from encom.controller.client import ControllerClient
 from encom.host.client import HostClient
+from tests.integration import roles
+from tests.integration.roles import cluster_ports
 
 pytestmark = [
     pytest.mark.integration,
@@ -38,19 +39,7 @@ pytestmark = [
 ]
 
 ROLES = ("discoverd", "blobstore", "host", "controller", "scheduler")
-PORTS = Ports(
-    controller=26081,
-    discoverd=26011,
-    blobstore=26012,
-    host=26013,
-    router_http=26080,
-    router_https=26443,
-    gitreceive=26022,
-    tcp_route_start=26100,
-    tcp_route_end=26199,
-    job_start=26500,
-    job_end=26599,
-)
+PORTS = cluster_ports(26000)
 ROLE_START_TIMEOUT = 60.0
 WAIT_TIMEOUT = 60.0
 
@@ -84,17 +73,8 @@ class Cluster:
 
 
 async def start_role(name: str, settings: Settings) -> tuple[RoleContext, asyncio.Task[None]]:
-    module = importlib.import_module(f"encom.{name}.service")
-    ctx = RoleContext(settings)
-    task: asyncio.Task[None] = asyncio.create_task(module.run(ctx), name=f"role-{name}")
-    ready = asyncio.create_task(ctx.ready.wait())
-    done, _ = await asyncio.wait({ready, task}, timeout=ROLE_START_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
-    if ready not in done:
-        ready.cancel()
-        if task.done():
-            task.result()  # raises the role's error
-        raise AssertionError(f"role {name} did not become ready within {ROLE_START_TIMEOUT:.0f}s")
-    return ctx, task
+    role = await roles.start_role(roles.role_run(name), settings, name, ROLE_START_TIMEOUT)
+    return role.ctx, role.task
 
 
 async def stop_roles(tasks: list[tuple[RoleContext, asyncio.Task[None]]]) -> None:

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from encom.api.client import ca_context
+from encom.api.procs import process_alive
 from encom.api.settings import SETTINGS_FILE, Ports, Settings
 from encom.bootstrap.daemon import PID_FILE, READY_FILE
 from encom.bootstrap.tls import controller_pin, ensure_tls
@@ -49,15 +50,6 @@ def load_or_create(data_dir: Path, port_base: int | None = None, domain: str | N
         settings.domain = domain
     settings.save()
     return settings
-
-
-def process_alive(pid: int) -> bool:
-    """True when `pid` runs and is not a zombie (these machines' PID 1 does not reap)."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
-    return not any(line.startswith("State:") and "Z" in line.split()[1] for line in status.splitlines())
 
 
 def running_pid(settings: Settings) -> int | None:

@@ -10,26 +10,14 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from encom.api.procs import process_alive
+
 log = logging.getLogger(__name__)
 
 ADOPTED_POLL = 0.5
 REAP_INTERVAL = 5.0
 
-
-def proc_state(pid: int) -> str | None:
-    """The State letter of /proc/PID/status ("R", "S", "Z", ...), None when the process is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("State:"):
-                return line.split()[1]
-    except (OSError, IndexError):
-        return None
-    return None
-
-
-def alive(pid: int) -> bool:
-    state = proc_state(pid)
-    return state is not None and state not in ("Z", "X")
+alive = process_alive  # what the host's modules call
 
 
 async def wait_child(pid: int) -> int | None:

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from encom.api.procs import process_alive
 from encom.router.config import Options
 from encom.router.runtime import RuntimeAPI, RuntimeAPIError
 
@@ -65,18 +66,6 @@ def parse_show_proc(text: str) -> ProcState:
         elif cols[1] == "worker" and section == "workers":
             workers.append(int(cols[0]))
     return ProcState(master, reloads, failed, tuple(workers))
-
-
-def process_alive(pid: int) -> bool:
-    """True for a running process; False for a missing one or a zombie (which `kill -0` still finds)."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
-    for line in status.splitlines():
-        if line.startswith("State:"):
-            return "Z" not in line.split(":", 1)[1].split()[0]
-    return True
 
 
 def reap(pid: int) -> None:
