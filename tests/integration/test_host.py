@@ -9,13 +9,13 @@ import io
 import json
 import random
 import shutil
-import socket
 import subprocess
 import tarfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -34,6 +34,8 @@ from encom.discoverd.client import HOST_SERVICE, DiscoverdClient
 from encom.host import service as host_service
 from encom.host.client import HostClient
 from encom.host.process import zombie_children
+from tests.integration import roles
+from tests.integration.roles import free_ports, start_role
 
 pytestmark = [
     pytest.mark.integration,
@@ -44,40 +46,15 @@ WAIT = 15.0
 T = TypeVar("T")
 
 
-def is_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def pick_ports() -> Ports:
     """Role ports in 22000-22499, a block of job ports in 22500-22999 (the range reserved for these tests)."""
-    free = [p for p in random.sample(range(22000, 22500), 50) if is_free(p)][:3]
+    free = free_ports(22000, 22499, 3)
     job_start = random.randrange(22500, 22990, 10)
     return Ports(discoverd=free[0], blobstore=free[1], host=free[2], job_start=job_start, job_end=job_start + 9)
 
 
-async def within(awaitable: Awaitable[T], what: str, seconds: float = WAIT) -> T:
-    try:
-        return await asyncio.wait_for(awaitable, seconds)
-    except TimeoutError:
-        pytest.fail(f"timed out after {seconds}s waiting for {what}")
-
-
-async def eventually(check: Callable[[], Awaitable[T]], what: str, seconds: float = WAIT) -> T:
-    """The first truthy result of `check`, polled."""
-
-    async def poll() -> T:
-        while True:
-            result = await check()
-            if result:
-                return result
-            await asyncio.sleep(0.02)
-
-    return await within(poll(), what, seconds)
+within = partial(roles.within, seconds=WAIT)
+eventually = partial(roles.eventually, seconds=WAIT, poll=0.02)
 
 
 @dataclass
@@ -94,15 +71,14 @@ class Cluster:
         return self.settings.data_dir / "host" / "runc"
 
     async def start_host(self) -> None:
-        self.host_ctx = RoleContext(self.settings)
-        self.host_task = asyncio.create_task(host_service.run(self.host_ctx))
-        await within(self.host_ctx.ready.wait(), "the host role to become ready")
+        host = await start_role(host_service.run, self.settings, "host", WAIT)
+        self.host_ctx, self.host_task = host.ctx, host.task
 
     async def stop_host(self, detach: bool = False) -> None:
         assert self.host_task is not None and self.host_ctx is not None
         self.host_ctx.detach = detach
         self.host_task.cancel()
-        await within(asyncio.gather(self.host_task, return_exceptions=True), "the host role to stop", 30)
+        await within(asyncio.gather(self.host_task, return_exceptions=True), "the host role to stop", seconds=30)
         self.host_task = None
 
     def containers(self) -> list[dict[str, Any]]:
@@ -122,28 +98,20 @@ class Cluster:
                     return job
                 await asyncio.sleep(0.02)
 
-        return await within(poll(), f"job {job_id} to reach {'/'.join(states)}", seconds)
+        return await within(poll(), f"job {job_id} to reach {'/'.join(states)}", seconds=seconds)
 
     async def log_lines(self, job_id: str, lines: int = 1000) -> list[LogLine]:
-        return [line async for line in self.host.job_log(job_id, lines=lines)]
-
-
-async def start_role(
-    run: Callable[[RoleContext], Coroutine[Any, Any, None]], settings: Settings, name: str
-) -> asyncio.Task[None]:
-    ctx = RoleContext(settings)
-    task = asyncio.create_task(run(ctx))
-    await within(ctx.ready.wait(), f"the {name} role to become ready")
-    return task
+        """The app's own lines (not the host's `encom` lines about the job's state)."""
+        return [line async for line in self.host.job_log(job_id, lines=lines) if line.source == "app"]
 
 
 @pytest.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
     become_subreaper()
     settings = Settings(data_dir=tmp_path, ports=pick_ports())
-    roles = [
-        await start_role(discoverd_service.run, settings, "discoverd"),
-        await start_role(blobstore_service.run, settings, "blobstore"),
+    started = [
+        await start_role(discoverd_service.run, settings, "discoverd", WAIT),
+        await start_role(blobstore_service.run, settings, "blobstore", WAIT),
     ]
     c = Cluster(
         settings,
@@ -160,13 +128,13 @@ async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
         leftover = c.containers()
         for container in leftover:  # never leave a container behind, even when the host failed to
             c.delete_container(container["id"])
-        for task in reversed(roles):
-            task.cancel()
-        await asyncio.gather(*roles, return_exceptions=True)
+        for role in reversed(started):
+            role.task.cancel()
+        await asyncio.gather(*(role.task for role in started), return_exceptions=True)
         for client in (c.host, c.discoverd, c.blobstore):
             await client.aclose()
         assert not leftover, f"the host left containers running: {leftover}"
-        await eventually(lambda: _no_zombies(), "our zombie children to be reaped", 3)
+        await eventually(lambda: _no_zombies(), "our zombie children to be reaped", seconds=3)
 
 
 async def _no_zombies() -> bool:
@@ -281,6 +249,7 @@ async def test_job_output_lands_in_its_log(cluster: Cluster) -> None:
     )
     job = await cluster.host.add_job(spec(cmd=script))
     followed = await within(_collect(cluster.host.job_log(job.id, lines=0, follow=True)), "the followed log to end")
+    followed = [line for line in followed if line.source == "app"]
     ended = await cluster.wait_job(job.id, "down", "crashed")
     assert ended.state == "down" and ended.exit_status == 0, ended
 
@@ -295,7 +264,7 @@ async def test_job_output_lands_in_its_log(cluster: Cluster) -> None:
     assert all(line.job_id == job.id and line.app_id == "app-1" and line.dyno == "web.1" for line in lines)
 
     app_lines = await cluster.host.app_log("app-1", lines=2, process_type="web")
-    assert [line.msg for line in app_lines] == [lines[-2].msg, lines[-1].msg]
+    assert [line.msg for line in app_lines] == ["Process exited with status 0", "State changed from up to down"]
     assert await cluster.host.app_log("other-app") == []
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import resource
 import shutil
@@ -47,19 +48,10 @@ CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 BUILD_TMP_SIZE = 2 << 30
 ROOTFS_LINKS = {"bin": "usr/bin", "lib": "usr/lib", "lib64": "usr/lib64", "sbin": "usr/sbin"}
 ROOTFS_DIRS = ("usr", "etc", "proc", "dev", "sys", "tmp", "app", "encom/build", "encom/bin")
-# Enough for ordinary root-in-container work (package managers chown, su); no NET_BIND_SERVICE: jobs share the
-# host's network, so a low port would let an app take the router's :80.
-CAPABILITIES = [
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FOWNER",
-    "CAP_FSETID",
-    "CAP_KILL",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETPCAP",
-    "CAP_AUDIT_WRITE",
-]
+# Jobs run as their app's own non-root uid and need no capability: web ports are high (jobs share the host's
+# network, so NET_BIND_SERVICE would let an app take the router's :80), files under /app and /tmp are the uid's own.
+# The bounding set is empty too, so nothing (setuid binaries included, with no_new_privs) can gain one back.
+CAPABILITIES: list[str] = []
 MASKED_PATHS = [
     "/proc/acpi",
     "/proc/asound",
@@ -183,6 +175,13 @@ def mounts(spec: HostJobSpec, paths: BundlePaths, opts: BundleOptions) -> list[d
             "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
         },
         {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
+        # runc mounts the job's own cgroups here (read-only): memory.limit_in_bytes shows the job's limit.
+        {
+            "destination": "/sys/fs/cgroup",
+            "type": "cgroup",
+            "source": "cgroup",
+            "options": ["nosuid", "noexec", "nodev", "relatime", "ro"],
+        },
         _bind("/usr", "/usr"),
         _bind("/etc", "/etc"),
         _bind(paths.hosts, "/etc/hosts"),
@@ -225,7 +224,9 @@ def build_config(spec: HostJobSpec, paths: BundlePaths, opts: BundleOptions) -> 
             "args": process_args(spec),
             "env": process_env(spec, opts),
             "cwd": "/app",
-            "capabilities": {k: list(CAPABILITIES) for k in ("bounding", "effective", "permitted")},
+            "capabilities": {
+                k: list(CAPABILITIES) for k in ("bounding", "effective", "permitted", "inheritable", "ambient")
+            },
             "rlimits": [{"type": "RLIMIT_NOFILE", "hard": nofile, "soft": nofile}],
             "noNewPrivileges": True,
         },
@@ -254,6 +255,8 @@ def prepare_rootfs(rootfs: Path) -> None:
     """Mount points and the merged-/usr symlinks; runc makes the rootfs read-only afterwards."""
     for d in ROOTFS_DIRS:
         (rootfs / d).mkdir(parents=True, exist_ok=True)
+    # runc (1.1) gives a tmpfs the mode of the directory it is mounted on, whatever its mode= option says.
+    os.chmod(rootfs / "tmp", 0o1777)
     (rootfs / "encom/bin/uv").touch()
     for name, target in ROOTFS_LINKS.items():
         link = rootfs / name
@@ -265,6 +268,11 @@ def write_bundle(spec: HostJobSpec, paths: BundlePaths, opts: BundleOptions) -> 
     """Write config.json, the rootfs skeleton, /etc/hosts and /etc/resolv.conf of a job (blocking I/O)."""
     paths.dir.mkdir(parents=True, exist_ok=True)
     paths.app.mkdir(exist_ok=True)
+    # The job's /app is its uid's alone (an empty one too: builds write there); the bundle is root's alone, so no
+    # other app's uid could reach this job's files even from a path on the host.
+    os.chown(paths.app, opts.uid, opts.gid)
+    os.chmod(paths.app, 0o700)
+    os.chmod(paths.dir, 0o700)
     prepare_rootfs(paths.rootfs)
     paths.hosts.write_text(hosts_file(hostname_for(spec.id)))
     resolv = Path("/etc/resolv.conf")

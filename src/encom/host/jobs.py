@@ -107,7 +107,7 @@ class JobManager:
     def job_log(self, job_id: str, lines: int, follow: bool) -> AsyncIterator[LogLine]:
         runner = self.runner(job_id)
         if follow:
-            return runner.log.follow(lines, lambda: runner.tailer.drained.is_set() or self.deps.events.closed)
+            return runner.log.follow(lines, lambda: runner.ended.is_set() or self.deps.events.closed)
         return _iterate(runner.log.tail(lines))
 
     # ------------------------------------------------------------------ adoption and history

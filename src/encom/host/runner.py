@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shlex
 import shutil
 from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from encom.host.logs import JobLog, Tailer
 from encom.host.ports import PortAllocator
 from encom.host.registry import Registration
 from encom.host.runtime import Runc, RuncError
+from encom.host.uids import UidAllocator
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +31,7 @@ DRAIN_TIMEOUT = 5.0
 KILL_WAIT = 10.0
 HEALTH_FAIL_GRACE = 2.0
 RECORD = "job.json"
+STDERR_LOOKBACK = 20  # log lines searched for the reason a command could not run
 
 
 @dataclass
@@ -41,10 +44,14 @@ class HostDeps:
     discoverd: DiscoverdClient
     slugs: slugs.SlugCache
     events: EventHub
+    uids: UidAllocator
     build_dir: Path | None = None
     uv_binary: Path | None = None
-    uid: int = 0
-    gid: int = 0
+
+    def ids_for(self, app_id: str) -> tuple[int, int]:
+        """The uid and gid an app's jobs run as (gid = uid)."""
+        uid = self.uids.uid_for(app_id)
+        return uid, uid
 
 
 def oom_killed(job_id: str) -> bool:
@@ -107,9 +114,21 @@ class JobRunner:
         self.persist()
 
     def set_state(self, state: HostJobState, **changes: object) -> None:
+        previous = self.job.state
         self.job = self.job.model_copy(update={"state": state, **changes})
         self.persist()
         self.deps.events.publish(self.job)
+        if state != previous:
+            self.note(f"State changed from {previous} to {state}")
+
+    def note(self, msg: str) -> None:
+        """An `encom[web.1]: ...` line in the job's log. Not for builds: their log is the push output."""
+        if self.job.spec.builder:
+            return
+        line = self.tailer.template.model_copy(
+            update={"timestamp": utcnow(), "source": "encom", "stream": "stdout", "msg": msg}
+        )
+        self.log.append([line])
 
     # ------------------------------------------------------------------ life
 
@@ -118,6 +137,9 @@ class JobRunner:
         self.task = asyncio.create_task(coro, name=f"job-{self.id}")
 
     async def _run(self) -> None:
+        spec = self.job.spec
+        command = spec.cmd if spec.cmd is not None else shlex.join(spec.args or [])
+        self.note(f"Starting process with command `{command}`")
         try:
             await self._prepare()
             if self.stop_requested:
@@ -151,13 +173,14 @@ class JobRunner:
 
     async def _prepare(self) -> None:
         spec = self.job.spec
+        uid, gid = self.deps.ids_for(spec.app_id)
         if spec.artifact_url:
             tarball = await self.deps.slugs.fetch(spec.artifact_url)
-            await asyncio.to_thread(slugs.extract, tarball, self.paths.app, self.deps.uid, self.deps.gid)
+            await asyncio.to_thread(slugs.extract, tarball, self.paths.app, uid, gid)
         opts = BundleOptions(
             port=self.job.port,
-            uid=self.deps.uid,
-            gid=self.deps.gid,
+            uid=uid,
+            gid=gid,
             build_dir=self.deps.build_dir,
             uv_binary=self.deps.uv_binary,
         )
@@ -235,8 +258,13 @@ class JobRunner:
         self.deps.ports.release(self.job.port)
         await asyncio.to_thread(self._remove_files)
         state, changes = self._outcome(code, oom)
+        if state == "failed":
+            self.note(f"Failed to start: {changes['error']}")
+        elif code is not None:
+            self.note(f"Process exited with status {code}" + (" (out of memory)" if oom else ""))
         self.set_state(state, ended_at=utcnow(), **changes)
         self.ended.set()
+        self.log.changed.fire()  # followers end once the job has (see JobManager.job_log)
 
     def _outcome(self, code: int | None, oom: bool) -> tuple[HostJobState, dict[str, object]]:
         if self.failure is not None:
@@ -245,7 +273,20 @@ class JobRunner:
             return "down", {"exit_status": code}
         if code is None:
             return "crashed", {"error": "exited while not supervised by this encomd; exit status unknown"}
-        return "crashed", {"exit_status": code, "error": "out of memory" if oom else f"exited with status {code}"}
+        if oom:
+            return "crashed", {"exit_status": code, "error": "out of memory"}
+        error = f"exited with status {code}"
+        if code in (126, 127):  # bash could not run the command (not found, not executable): say why
+            reason = self._last_stderr()
+            if reason:
+                error = f"{error}: {reason}"
+        return "crashed", {"exit_status": code, "error": error}
+
+    def _last_stderr(self) -> str | None:
+        for line in reversed(self.log.tail(STDERR_LOOKBACK)):
+            if line.source == "app" and line.stream == "stderr" and line.msg.strip():
+                return line.msg.strip()
+        return None
 
     def _remove_files(self) -> None:
         """An ended job keeps its record and logs; its slug copy and rootfs go."""
@@ -266,6 +307,7 @@ class JobRunner:
         if not self.stop_requested:
             self.stop_requested = True
             self.grace = grace
+            self.note("Stopping process with SIGTERM")
             self.set_state("stopping")
             await self._deregister()
             if self.job.pid is not None:

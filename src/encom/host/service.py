@@ -24,6 +24,7 @@ from encom.host.registry import Registration
 from encom.host.runner import HostDeps
 from encom.host.runtime import Runc
 from encom.host.slugs import SlugCache
+from encom.host.uids import UidAllocator
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ def make_deps(settings: Settings, discoverd: DiscoverdClient, blobstore: Blobsto
         discoverd=discoverd,
         slugs=SlugCache(host_dir / "slugs", blobstore),
         events=EventHub(),
+        uids=UidAllocator(host_dir / "uids.json"),
         build_dir=Path(encom.build.__file__).parent,
         uv_binary=find_uv(),
     )
