@@ -10,7 +10,7 @@ import httpx
 import pydantic
 
 from encom.api.errors import ApiError
-from encom.cli import apps, clusters, env, jobs, keys, releases, routes, scale
+from encom.cli import apps, clusters, env, jobs, keys, limits, releases, routes, scale
 from encom.cli.context import Selection, app_options
 from encom.cli.output import CliError
 
@@ -63,6 +63,7 @@ for command in (
     jobs.ps,
     jobs.log,
     env.env_group,
+    limits.limit_group,
     releases.release_list,
     routes.route_group,
 ):

@@ -31,24 +31,34 @@ def description(release: Release) -> str:
 
 
 EnvChange = Callable[[dict[str, str]], dict[str, str]]
+ReleaseChange = Callable[[Release], ReleaseCreate]
 
 
-async def release_with_env(client: ControllerClient, app: str, change: EnvChange, what: str) -> Release:
-    """A copy of the current release with its env changed, deployed (counts carried over). Returns it."""
+async def deploy_changed(client: ControllerClient, app: str, change: ReleaseChange) -> Release:
+    """A new release made from the current one by `change`, deployed (counts carried over). Returns it."""
     current = await require_release(client, app)
-    new = await client.create_release(
-        ReleaseCreate(
-            app_id=current.app_id,
-            artifact_id=current.artifact_id,
-            env=change(dict(current.env)),
-            processes=current.processes,
-            meta={**current.meta, "description": what},
-        )
-    )
+    new = await client.create_release(change(current))
     deployment = await client.deploy(app, new.id)
     if deployment.status == "failed":
         raise CliError(f"deploy of v{new.version} failed: {deployment.error or 'unknown error'}")
     return new
+
+
+def copy_release(current: Release, what: str, **changes: object) -> ReleaseCreate:
+    """`current` as a new release body with some fields replaced, described by `what`."""
+    body = ReleaseCreate(
+        app_id=current.app_id,
+        artifact_id=current.artifact_id,
+        env=dict(current.env),
+        processes=dict(current.processes),
+        meta={**current.meta, "description": what},
+    )
+    return body.model_copy(update=changes)
+
+
+async def release_with_env(client: ControllerClient, app: str, change: EnvChange, what: str) -> Release:
+    """A copy of the current release with its env changed, deployed (counts carried over). Returns it."""
+    return await deploy_changed(client, app, lambda current: copy_release(current, what, env=change(dict(current.env))))
 
 
 @dataclass

@@ -43,7 +43,7 @@ from encom.api.types import (
     Route,
     RouteCreate,
 )
-from encom.controller import apps, convert, deployments, formations, jobs, keys, logs, releases, routes
+from encom.controller import apps, convert, deployments, formations, jobs, keys, limits, logs, releases, routes
 from encom.controller.db import Database
 from encom.controller.events import EventHub
 
@@ -131,6 +131,7 @@ def _releases(router: APIRouter, ctl: Controller) -> None:
 
     @router.post("/releases", status_code=201)
     def create_release(body: ReleaseCreate) -> Release:
+        body = limits.checked_release(body, limits.host_limits(ctl.settings.data_dir))
         with db.write() as s:
             app = apps.find_app(s, body.app_id, lock=True)
             return releases.create_release(s, app, body)
