@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -12,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from encom.host.process import zombie_children
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -132,6 +135,15 @@ def stop_cluster(state: Path) -> None:
         timeout=120,
         cwd=REPO,
     )
+    reap_adopted_zombies()
+
+
+def reap_adopted_zombies() -> None:
+    """When this test process is a child subreaper (host tests make it one), encomd and what it started
+    re-parent to it once bootstrap exits; reap them so later tests see no zombies."""
+    for pid in zombie_children():
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
 
 
 @pytest.fixture(scope="session")

@@ -282,6 +282,21 @@ def _backend(backend: Backend, options: Options) -> str:
     return "\n".join(lines) + "\n"
 
 
+def servers_in_config(config: str) -> dict[str, frozenset[str]]:
+    """Backend name -> server addresses, as a rendered config lists them (what an adopted HAProxy serves)."""
+    found: dict[str, set[str]] = {}
+    backend: str | None = None
+    for line in config.splitlines():
+        cols = line.split()
+        if not cols:
+            continue
+        if not line[0].isspace():
+            backend = cols[1] if cols[0] == "backend" and len(cols) > 1 else None
+        elif backend is not None and cols[0] == "server" and len(cols) > 2:
+            found.setdefault(backend, set()).add(cols[2])
+    return {name: frozenset(addrs) for name, addrs in found.items()}
+
+
 def server_line(addr: str) -> str:
     """`server <name> <addr>`: the same arguments the Runtime API's `add server` gets, so both agree."""
     return f"server {server_name(addr)} {addr} {SERVER_ARGS}"

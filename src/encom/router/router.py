@@ -5,6 +5,11 @@ Every change recomputes the full `Snapshot` and applies the difference to what H
 - a backend or TCP frontend appearing or disappearing needs a reload with the regenerated config.
 The files on disk (config and maps) always describe what HAProxy serves, servers included, so a reload or a
 restart loses nothing. If a reload is refused, the parts that fit the running layout are still applied.
+
+A HAProxy adopted after an encomd restart keeps the servers it had for ADOPT_GRACE seconds wherever discoverd
+reports none: discoverd may have restarted too (its memory store starts empty) and hosts re-register their jobs
+only as they adopt them and heartbeat. Once discoverd lists any server of a backend, or the grace is over,
+discoverd alone decides.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import replace
 
 from encom.api.types import Route
+from encom.discoverd.client import TTL_SECONDS
 from encom.router.config import (
     MAP_NAMES,
     NOT_FOUND_BACKEND,
@@ -27,6 +33,7 @@ from encom.router.config import (
     build_snapshot,
     render_config,
     render_map,
+    servers_in_config,
 )
 from encom.router.haproxy import HAPROXY_BIN, ConfigError, HAProxy, HAProxyError
 from encom.router.runtime import RuntimeAPIError
@@ -34,6 +41,7 @@ from encom.router.runtime import RuntimeAPIError
 SWEEP_SECONDS = 2.0
 DYNAMIC_SERVER_IDS = 100_000  # servers from the config file are numbered 1, 2, ...; runtime ones from here
 RESTART_DELAY_MAX = 30.0
+ADOPT_GRACE = TTL_SECONDS  # > a heartbeat interval plus a host's adoption and health check
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +52,10 @@ def route_key(route_id: str) -> str:
 
 
 class Router:
-    def __init__(self, options: Options, binary: str = HAPROXY_BIN) -> None:
+    def __init__(self, options: Options, binary: str = HAPROXY_BIN, adopt_grace: float = ADOPT_GRACE) -> None:
         self.options = options
+        self.adopt_grace = adopt_grace
+        self.kept: dict[str, frozenset[str]] = {}  # backend -> servers an adopted HAProxy had (see above)
         self.haproxy = HAProxy(options, binary)
         self.routes: dict[str, Route] = {}
         self.servers: dict[str, set[str]] = {}
@@ -65,9 +75,11 @@ class Router:
     async def start(self) -> None:
         """Adopt a HAProxy left running for us, or start one serving the current state."""
         self._closing = False
+        self.kept = {}
         async with self._lock:
             if await self.haproxy.adopt():
                 self.applied = None
+                self._keep_adopted_servers()
             else:
                 target = self.desired()
                 self._write_maps(target)
@@ -77,6 +89,8 @@ class Router:
             asyncio.create_task(self._supervise(), name="router-haproxy-supervisor"),
             asyncio.create_task(self._sweep(), name="router-server-sweeper"),
         ]
+        if self.kept:
+            self._tasks.append(asyncio.create_task(self._end_grace(), name="router-adopt-grace"))
 
     async def close(self, detach: bool = False) -> None:
         self._closing = True
@@ -93,7 +107,33 @@ class Router:
         return {r.service for r in self.routes.values()}
 
     def desired(self) -> Snapshot:
-        return build_snapshot(self.routes.values(), self.servers)
+        snapshot = build_snapshot(self.routes.values(), self.servers)
+        if not self.kept:
+            return snapshot
+        backends = {
+            name: backend if backend.servers else replace(backend, servers=self.kept.get(name, frozenset()))
+            for name, backend in snapshot.backends.items()
+        }
+        return replace(snapshot, backends=backends)
+
+    def _keep_adopted_servers(self) -> None:
+        try:
+            config = self.options.config_path.read_text()
+        except OSError as exc:
+            log.warning("cannot read the adopted haproxy's config: %s", exc)
+            return
+        self.kept = servers_in_config(config)
+        if self.kept:
+            count = sum(len(addrs) for addrs in self.kept.values())
+            log.info(
+                "keeping the adopted haproxy's %d servers for up to %.0fs (discoverd refills)", count, self.adopt_grace
+            )
+
+    async def _end_grace(self) -> None:
+        await asyncio.sleep(self.adopt_grace)
+        self.kept = {}
+        log.info("adoption grace over: servers follow discoverd alone")
+        await self.apply()
 
     async def set_routes(self, routes: Iterable[Route]) -> None:
         self.routes = {route_key(r.id): r for r in routes}
