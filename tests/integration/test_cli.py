@@ -341,7 +341,7 @@ def test_scale_and_ps(cluster: Cluster) -> None:
     assert re.fullmatch(r"scale completed in \d+\.\d{3}s", lines[-1]), out
 
     ps = ok("ps", "-a", "example").splitlines()
-    assert ps[0].split() == ["ID", "TYPE", "STATE", "PORT", "RELEASE", "STARTED"]
+    assert ps[0].split() == ["ID", "TYPE", "STATE", "PORT", "RELEASE", "RESTARTS", "STARTED"]
     assert sorted(line.split()[:5] for line in ps[1:]) == sorted(
         [job_id, "web", "up", str(27000 + i), "v1"] for i, job_id in enumerate(jobs)
     )

@@ -25,12 +25,26 @@ async def fetch_jobs(client: ControllerClient, app: str, include_ended: bool) ->
     return JobList(jobs, {r.id: r.version for r in releases})
 
 
+PS_HEADER = ["ID", "TYPE", "STATE", "PORT", "RELEASE", "RESTARTS", "STARTED"]
+
+
+def state_text(job: Job) -> str:
+    """`up`, or for an ended job why it ended: `crashed (out of memory)`, `crashed (exit 3)`."""
+    if job.state not in ("crashed", "failed", "down"):
+        return job.state
+    if job.error:
+        return f"{job.state} ({job.error})"
+    if job.exit_status is not None and job.exit_status != 0:
+        return f"{job.state} (exit {job.exit_status})"
+    return job.state
+
+
 def job_rows(listing: JobList) -> list[list[str]]:
     def row(job: Job) -> list[str]:
         version = listing.versions.get(job.release_id)
         release = f"v{version}" if version is not None else job.release_id[:8]
         port = str(job.port) if job.port is not None else "-"
-        return [job.id, job.type or "run", job.state, port, release, age(job.created_at)]
+        return [job.id, job.type or "run", state_text(job), port, release, str(job.restarts), age(job.created_at)]
 
     return [row(j) for j in sorted(listing.jobs, key=lambda j: (j.type, j.created_at, j.id))]
 
@@ -43,7 +57,7 @@ def ps(include_ended: bool) -> None:
     """List the app's jobs."""
     target = current_target()
     listing = call(target.cluster, lambda c: fetch_jobs(c, target.app, include_ended))
-    print_table(["ID", "TYPE", "STATE", "PORT", "RELEASE", "STARTED"], job_rows(listing))
+    print_table(PS_HEADER, job_rows(listing))
 
 
 @click.command("log")
