@@ -166,11 +166,11 @@ async def test_out_of_memory_is_said_in_the_log(cluster: Cluster) -> None:
     assert exit_line.format().endswith(" encom[web.1]: Process exited with status 137 (out of memory)")
 
 
-async def test_a_command_that_does_not_exist_crashes_with_bash_reason(cluster: Cluster) -> None:
+async def test_a_command_that_does_not_exist_fails_with_bash_reason(cluster: Cluster) -> None:
     ended, lines = await run_to_end(cluster, cmd="this-command-does-not-exist")
-    assert (ended.state, ended.exit_status) == ("crashed", 127), ended
+    assert (ended.state, ended.exit_status) == ("failed", 127), ended
     assert ended.error and "this-command-does-not-exist: command not found" in ended.error, ended.error
-    assert "Process exited with status 127" in encom_lines(lines)
+    assert any(line.startswith("Failed to start: exited with status 127: ") for line in encom_lines(lines)), lines
     assert any("command not found" in line.msg and line.stream == "stderr" for line in lines), lines
 
 

@@ -276,10 +276,9 @@ class JobRunner:
         if oom:
             return "crashed", {"exit_status": code, "error": "out of memory"}
         error = f"exited with status {code}"
-        if code in (126, 127):  # bash could not run the command (not found, not executable): say why
+        if code in (126, 127):  # bash could not run the command (a bad Procfile line): failed, and say why
             reason = self._last_stderr()
-            if reason:
-                error = f"{error}: {reason}"
+            return "failed", {"exit_status": code, "error": f"{error}: {reason}" if reason else error}
         return "crashed", {"exit_status": code, "error": error}
 
     def _last_stderr(self) -> str | None:
