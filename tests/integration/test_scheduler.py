@@ -25,8 +25,9 @@ import pytest
 from encom.api.client import ca_context
 from encom.api.role import RoleContext
 from encom.api.settings import Settings
-from encom.api.types import App, ArtifactCreate, HostJob, Job, ProcessType, Release, ReleaseCreate
+from encom.api.types import App, ArtifactCreate, HostJob, Job, ProcessType, Release, ReleaseCreate, Resources
 from encom.blobstore.client import BlobstoreClient
+from encom.bootstrap.daemon import become_subreaper
 from encom.bootstrap.tls import ensure_tls
 from encom.controller.client import ControllerClient
 from encom.host.client import HostClient
@@ -86,6 +87,7 @@ async def stop_roles(tasks: list[tuple[RoleContext, asyncio.Task[None]]]) -> Non
 
 @pytest.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+    become_subreaper()  # as encomd is: containers re-parent to us, so the host can read their exit status
     settings = Settings(data_dir=tmp_path, ports=PORTS, roles=list(ROLES))
     ensure_tls(settings)
     settings.save()
@@ -347,4 +349,25 @@ async def test_restarted_scheduler_adopts_running_jobs(cluster: Cluster) -> None
     after = await wait_for("the crashed job to be replaced by the new scheduler, and no other job started", replaced)
     assert survivor.id in {j.id for j in after}
     assert sorted(j.spec.dyno for j in after) == ["web.1", "web.2"]
+    await controller.delete_app(app.id)
+
+
+async def test_out_of_memory_job_is_reported_and_restarted(cluster: Cluster) -> None:
+    controller = cluster.controller
+    app, web_release = await deploy_app(cluster)
+    hog = ProcessType(
+        cmd="python3 -c 'import time; x = bytearray(256 << 20); time.sleep(60)'",
+        resources=Resources(memory=32 << 20),
+    )
+    release = await controller.create_release(
+        ReleaseCreate(app_id=app.id, artifact_id=web_release.artifact_id, processes={"hog": hog})
+    )
+    await controller.put_formation(app.id, release.id, {"hog": 1})
+
+    async def oom_then_restarted() -> list[Job] | None:
+        jobs = [j for j in await controller.list_jobs(app.id, include_ended=True) if j.type == "hog"]
+        oom = [j for j in jobs if j.state == "crashed" and j.exit_status == 137 and j.error == "out of memory"]
+        return jobs if oom and any(j.restarts >= 1 for j in jobs) else None
+
+    await wait_for("the hog job to end out of memory and be restarted", oom_then_restarted)
     await controller.delete_app(app.id)
