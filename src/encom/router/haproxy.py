@@ -289,6 +289,36 @@ class HAProxy:
             proc.poll()
         for p in (pid, *workers):
             reap(p)
+        await self._reap_orphaned_workers()
+
+    async def _reap_orphaned_workers(self) -> None:
+        """Workers of earlier reloads can outlive their master; as a subreaper we inherit and must reap them."""
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while orphans := self._orphaned_workers():
+            for pid, zombie in orphans:
+                if zombie:
+                    reap(pid)
+                elif time.monotonic() > deadline:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+            await asyncio.sleep(0.05)
+
+    def _orphaned_workers(self) -> list[tuple[int, bool]]:
+        """(pid, is_zombie) of our HAProxy children: live ones running our config, and dead haproxy ones (a
+        zombie has no cmdline left to check; reaping a dead process is harmless)."""
+        me, found = os.getpid(), []
+        for entry in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                head, _, tail = entry.read_text().rpartition(")")
+                state, ppid = tail.split()[0], int(tail.split()[1])
+                pid, name = int(entry.parent.name), head.partition("(")[2]
+                if ppid != me or name != "haproxy":
+                    continue
+                if state == "Z":
+                    found.append((pid, True))
+                elif self._is_ours(pid):
+                    found.append((pid, False))
+        return found
 
     async def _known_workers(self) -> tuple[int, ...]:
         try:
