@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import encom.build
+from encom.api.netports import reserve_ports
 from encom.api.role import RoleContext
 from encom.api.server import embedded_server, run_server
 from encom.api.settings import Settings
@@ -73,6 +74,7 @@ async def run(ctx: RoleContext) -> None:
             addr=f"{settings.bind}:{settings.ports.host}", meta={"id": settings.host_id, "url": settings.host_url}
         ),
     )
+    reserve_ports(settings.ports.job_start, settings.ports.job_end)
     reaper = asyncio.create_task(process.reap_orphans(jobs.container_pids), name="host-reaper")
     serving: asyncio.Task[None] | None = None
     try:

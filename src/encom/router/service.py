@@ -19,6 +19,7 @@ import pydantic
 
 from encom.api.client import ca_context
 from encom.api.errors import ApiError
+from encom.api.netports import reserve_ports
 from encom.api.role import RoleContext
 from encom.api.settings import Settings
 from encom.api.types import Event, Route, ServiceEvent
@@ -183,6 +184,7 @@ class RouteSync:
 
 async def run(ctx: RoleContext) -> None:
     settings = ctx.settings
+    reserve_ports(settings.ports.tcp_route_start, settings.ports.tcp_route_end)
     router = Router(router_options(settings))
     await router.start()
     ctx.ready.set()
