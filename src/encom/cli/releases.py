@@ -1,15 +1,12 @@
-"""`encom release`, and making a new release from the current one (env changes)."""
+"""Release helpers: listing them, and making a new release from the current one (env changes)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import click
-
 from encom.api.types import Release, ReleaseCreate
-from encom.cli.context import app_options, call, current_target
-from encom.cli.output import CliError, age, print_table
+from encom.cli.output import CliError, age
 from encom.controller.client import ControllerClient
 
 NO_RELEASE = "app has no release; push first"
@@ -77,12 +74,3 @@ def release_rows(listing: ReleaseList) -> list[list[str]]:
         ["*" if r.id == listing.current_id else "", f"v{r.version}", r.id, age(r.created_at), description(r)]
         for r in sorted(listing.releases, key=lambda r: r.version, reverse=True)
     ]
-
-
-@click.command("release")
-@app_options
-def release_list() -> None:
-    """List releases (the current one marked *)."""
-    target = current_target()
-    listing = call(target.cluster, lambda c: fetch_releases(c, target.app))
-    print_table(["", "VERSION", "ID", "CREATED", "DESCRIPTION"], release_rows(listing))

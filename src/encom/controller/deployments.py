@@ -54,8 +54,16 @@ def all_at_once(session: Session, app: AppRow, deployment: DeploymentRow) -> Non
 STRATEGIES: dict[str, Callable[[Session, AppRow, DeploymentRow], None]] = {"all-at-once": all_at_once}
 
 
+def _release_of(session: Session, app: AppRow, release_id: str) -> ReleaseRow:
+    """The release to deploy; one of another app is refused (400), the app keeping its current release."""
+    release = releases.release_row(session, release_id)
+    if release.app_id != app.id:
+        raise ValidationError(f"release {release_id} belongs to another app")
+    return release
+
+
 def deploy(session: Session, app: AppRow, body: DeployRequest) -> Deployment:
-    release = releases.release_row(session, body.release_id, app)
+    release = _release_of(session, app, body.release_id)
     in_flight = select(DeploymentRow.id).where(DeploymentRow.app_id == app.id, DeploymentRow.status.in_(IN_FLIGHT))
     if session.scalar(in_flight) is not None:
         raise Conflict("Cannot create deploy, one is already in progress")
