@@ -111,9 +111,10 @@ class Cluster:
         return env
 
 
-@pytest.fixture
-def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
-    settings = Settings(data_dir=tmp_path / "data", ports=Ports(controller=free_port(*PORTS)))
+@contextlib.contextmanager
+def controller_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ports: tuple[int, int]) -> Iterator[Cluster]:
+    """A real controller on a free port in `ports`, and a user HOME for the CLI (shared by CLI-level tests)."""
+    settings = Settings(data_dir=tmp_path / "data", ports=Ports(controller=free_port(*ports)))
     ensure_tls(settings)
     home = tmp_path / "home"
     home.mkdir()
@@ -126,6 +127,12 @@ def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster
         yield Cluster(settings, controller_pin(settings), home)
     finally:
         controller.stop()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
+    with controller_cluster(tmp_path, monkeypatch, PORTS) as cluster:
+        yield cluster
 
 
 def encom(*args: str, input: str | None = None) -> Result:

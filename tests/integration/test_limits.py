@@ -11,12 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from encom.api.settings import Ports, Settings
 from encom.api.types import Release
-from encom.bootstrap.tls import controller_pin, ensure_tls
 from encom.controller.client import ControllerClient
-from tests.integration.test_cli import Cluster, ControllerThread, add_cluster, fails, ok, push_release
-from tests.integration.test_controller import free_port
+from tests.integration.test_cli import Cluster, add_cluster, controller_cluster, fails, ok, push_release
 
 pytestmark = pytest.mark.integration
 
@@ -25,19 +22,8 @@ DEFAULT_LINE = "cpu=1000 max_fd={fd} max_procs=unlimited memory=1GB temp_disk=10
 
 @pytest.fixture
 def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
-    settings = Settings(data_dir=tmp_path / "data", ports=Ports(controller=free_port(29000, 29999)))
-    ensure_tls(settings)
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
-    monkeypatch.chdir(home)
-    controller = ControllerThread(settings)
-    controller.start()
-    try:
-        yield Cluster(settings, controller_pin(settings), home)
-    finally:
-        controller.stop()
+    with controller_cluster(tmp_path, monkeypatch, (29000, 29999)) as cluster:
+        yield cluster
 
 
 def hard_nofile() -> int | None:

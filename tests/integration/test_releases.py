@@ -10,12 +10,9 @@ from pathlib import Path
 import pytest
 
 from encom.api.errors import ApiError
-from encom.api.settings import Ports, Settings
 from encom.api.types import App, Release
-from encom.bootstrap.tls import controller_pin, ensure_tls
 from encom.controller.client import ControllerClient
-from tests.integration.roles import free_port
-from tests.integration.test_cli import Cluster, ControllerThread, add_cluster, encom, fails, ok, push_release
+from tests.integration.test_cli import Cluster, add_cluster, controller_cluster, encom, fails, ok, push_release
 
 pytestmark = pytest.mark.integration
 
@@ -24,20 +21,9 @@ PORTS = (34000, 34999)  # the range reserved for these tests
 
 @pytest.fixture
 def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
-    settings = Settings(data_dir=tmp_path / "data", ports=Ports(controller=free_port(*PORTS)))
-    ensure_tls(settings)
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
-    monkeypatch.chdir(home)
-    controller = ControllerThread(settings)
-    controller.start()
-    try:
-        add_cluster(cluster := Cluster(settings, controller_pin(settings), home))
+    with controller_cluster(tmp_path, monkeypatch, PORTS) as cluster:
+        add_cluster(cluster)
         yield cluster
-    finally:
-        controller.stop()
 
 
 def app_of(cluster: Cluster, name: str) -> App:
