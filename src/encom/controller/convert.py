@@ -1,6 +1,10 @@
-"""Rows to wire types."""
+"""Rows to wire types: each wire model reads the row attributes it names (and nothing else)."""
 
 from __future__ import annotations
+
+from typing import TypeVar
+
+from pydantic import BaseModel
 
 from encom.api.types import App, Artifact, Deployment, Event, Formation, Job, Key, Release, Route
 from encom.controller.models import (
@@ -15,109 +19,44 @@ from encom.controller.models import (
     RouteRow,
 )
 
+M = TypeVar("M", bound=BaseModel)
+
+
+def _wire(model: type[M], row: object) -> M:
+    return model.model_validate(row, from_attributes=True)
+
 
 def app(row: AppRow) -> App:
-    return App(
-        id=row.id,
-        name=row.name,
-        release_id=row.release_id,
-        strategy=row.strategy,
-        meta=row.meta,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-    )
+    return _wire(App, row)
 
 
 def key(row: KeyRow) -> Key:
-    return Key(fingerprint=row.fingerprint, key=row.key, comment=row.comment, created_at=row.created_at)
+    return _wire(Key, row)
 
 
 def artifact(row: ArtifactRow) -> Artifact:
-    return Artifact.model_validate(
-        {"id": row.id, "type": row.type, "url": row.url, "meta": row.meta, "created_at": row.created_at}
-    )
+    return _wire(Artifact, row)
 
 
 def release(row: ReleaseRow) -> Release:
-    return Release.model_validate(
-        {
-            "id": row.id,
-            "app_id": row.app_id,
-            "artifact_id": row.artifact_id,
-            "version": row.version,
-            "env": row.env,
-            "processes": row.processes,
-            "meta": row.meta,
-            "created_at": row.created_at,
-        }
-    )
+    return _wire(Release, row)
 
 
 def formation(row: FormationRow) -> Formation:
-    return Formation(app_id=row.app_id, release_id=row.release_id, processes=row.processes, updated_at=row.updated_at)
+    return _wire(Formation, row)
 
 
 def deployment(row: DeploymentRow) -> Deployment:
-    return Deployment.model_validate(
-        {
-            "id": row.id,
-            "app_id": row.app_id,
-            "old_release_id": row.old_release_id,
-            "new_release_id": row.new_release_id,
-            "strategy": row.strategy,
-            "status": row.status,
-            "processes": row.processes,
-            "error": row.error,
-            "created_at": row.created_at,
-            "finished_at": row.finished_at,
-        }
-    )
+    return _wire(Deployment, row)
 
 
 def job(row: JobRow) -> Job:
-    return Job.model_validate(
-        {
-            "id": row.id,
-            "app_id": row.app_id,
-            "release_id": row.release_id,
-            "type": row.type,
-            "host_id": row.host_id,
-            "state": row.state,
-            "port": row.port,
-            "exit_status": row.exit_status,
-            "error": row.error,
-            "restarts": row.restarts,
-            "created_at": row.created_at,
-            "updated_at": row.updated_at,
-        }
-    )
+    return _wire(Job, row)
 
 
 def route(row: RouteRow) -> Route:
-    return Route.model_validate(
-        {
-            "id": row.id,
-            "app_id": row.app_id,
-            "type": row.type,
-            "domain": row.domain,
-            "path": row.path,
-            "port": row.port,
-            "service": row.service,
-            "sticky": row.sticky,
-            "created_at": row.created_at,
-            "updated_at": row.updated_at,
-        }
-    )
+    return _wire(Route, row)
 
 
 def event(row: EventRow) -> Event:
-    return Event.model_validate(
-        {
-            "id": row.id,
-            "app_id": row.app_id,
-            "object_type": row.object_type,
-            "object_id": row.object_id,
-            "data": row.data,
-            "created_at": row.created_at,
-        }
-    )
+    return _wire(Event, row)
