@@ -146,13 +146,19 @@ def reap_adopted_zombies() -> None:
             os.waitpid(pid, os.WNOHANG)
 
 
-@pytest.fixture(scope="session")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    state = tmp_path_factory.mktemp("encom-state")
+@contextlib.contextmanager
+def running_cluster(state: Path, port_base: int) -> Iterator[Cluster]:
+    """A cluster for the duration of a `with` block, stopped (`make down`) even when the block fails."""
     try:
-        yield start_cluster(state, PORT_BASE)
+        yield start_cluster(state, port_base)
     finally:
         stop_cluster(state)
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    with running_cluster(tmp_path_factory.mktemp("encom-state"), PORT_BASE) as cluster:
+        yield cluster
 
 
 def wait_for(what: str, check: Callable[[], bool], timeout: float = 60.0, interval: float = 0.2) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Cluster, User, curl, make_user, start_cluster, stop_cluster, wait_for
+from tests.e2e.conftest import Cluster, User, curl, make_user, running_cluster, start_cluster, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -87,9 +87,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     check_ports_free()
     state = tmp_path_factory.mktemp("encom-restart-state")
     try:
-        yield start_cluster(state, PORT_BASE)
+        with running_cluster(state, PORT_BASE) as cluster:
+            yield cluster
     finally:
-        stop_cluster(state)
         kill_leftovers(state)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Cluster, User, curl, make_user, start_cluster, stop_cluster, wait_for
+from tests.e2e.conftest import Cluster, User, curl, make_user, running_cluster, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -19,11 +19,8 @@ CGROUP_DIRS = (Path("/sys/fs/cgroup/memory/encom"), Path("/sys/fs/cgroup/encom")
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    state = tmp_path_factory.mktemp("encom-state")
-    try:
-        yield start_cluster(state, PORT_BASE)
-    finally:
-        stop_cluster(state)
+    with running_cluster(tmp_path_factory.mktemp("encom-state"), PORT_BASE) as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="module")
