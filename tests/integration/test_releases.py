@@ -120,3 +120,11 @@ def test_rollback_to_another_apps_release(cluster: Cluster) -> None:
     assert current_version(cluster, "example") == 3
     assert len(cluster.api(lambda c: c.list_deployments("example"))) == 3
     assert re.search(r"not found", fails("release", "rollback", "-a", "example", "-y", "no-such-release"))
+
+
+def test_current_release_of_a_missing_app_raises(cluster: Cluster) -> None:
+    cluster.api(lambda c: c.create_app("release-fresh"))
+    assert cluster.api(lambda c: c.current_release("release-fresh")) is None
+    with pytest.raises(ApiError) as missing:
+        cluster.api(lambda c: c.current_release("release-missing"))
+    assert missing.value.status == 404

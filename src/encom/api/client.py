@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -124,8 +125,6 @@ class ApiClient:
 
     async def ndjson(self, path: str, params: dict[str, Any] | None = None) -> AsyncIterator[Any]:
         """Follow a newline-delimited JSON stream."""
-        import json
-
         async with self.stream("GET", path, params=params) as response:
             async for line in response.aiter_lines():
                 if line.strip():

@@ -115,12 +115,9 @@ class ControllerClient(ApiClient):
         return await self.get_list(Release, f"/apps/{app}/releases")
 
     async def current_release(self, app: str) -> Release | None:
-        try:
-            return await self.get_model(Release, f"/apps/{app}/release")
-        except ApiError as exc:
-            if exc.status == 404 and exc.code == "not_found" and "release" in exc.message.lower():
-                return None
-            raise
+        """The app's current release, None before its first; a missing app raises (404)."""
+        found = await self.get_app(app)
+        return None if found.release_id is None else await self.get_release(found.release_id)
 
     async def deploy(self, app: str, release_id: str, processes: dict[str, int] | None = None) -> Deployment:
         body = DeployRequest(release_id=release_id, processes=processes)
