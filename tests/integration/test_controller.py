@@ -34,14 +34,14 @@ from encom.api.types import (
 from encom.bootstrap.tls import ensure_tls
 from encom.controller import service
 from encom.controller.client import ControllerClient
-from tests.integration.roles import free_port, running_role
+from tests.integration.roles import free_port, free_ports, running_role
 
 pytestmark = pytest.mark.integration
 T = TypeVar("T")
 START_TIMEOUT = 20.0
 EVENT_TIMEOUT = 10.0
 PORTS = (23000, 23999)  # the controller
-FAKE_PORTS = (24000, 24999)  # the fake discoverd and hosts of the log test
+FAKE_PORTS = (20000, 20999)  # the fake discoverd and hosts of the log test
 
 
 async def within(what: str, awaitable: Awaitable[T], seconds: float = EVENT_TIMEOUT) -> T:
@@ -444,17 +444,16 @@ def fake_host(name: str, base: datetime, offsets: list[int]) -> FastAPI:
 
 
 async def test_app_log_merges_hosts(tmp_path: Path) -> None:
-    ports = Ports(controller=free_port(*PORTS), discoverd=free_port(*FAKE_PORTS))
-    settings = Settings(data_dir=tmp_path, ports=ports)
+    discoverd_port, *host_ports, dead_port = free_ports(*FAKE_PORTS, 4)
+    settings = Settings(data_dir=tmp_path, ports=Ports(controller=free_port(*PORTS), discoverd=discoverd_port))
     ensure_tls(settings)
     base = datetime(2026, 1, 1, tzinfo=UTC)
-    host_ports = [free_port(*FAKE_PORTS), free_port(*FAKE_PORTS)]
-    dead_host = f"http://127.0.0.1:{free_port(*FAKE_PORTS)}"
+    dead_host = f"http://127.0.0.1:{dead_port}"
     servers = [
         embedded_server(fake_host("a", base, [0, 2, 4]), "127.0.0.1", host_ports[0]),
         embedded_server(fake_host("b", base, [1, 3]), "127.0.0.1", host_ports[1]),
         embedded_server(
-            fake_discoverd([*(f"http://127.0.0.1:{p}" for p in host_ports), dead_host]), "127.0.0.1", ports.discoverd
+            fake_discoverd([*(f"http://127.0.0.1:{p}" for p in host_ports), dead_host]), "127.0.0.1", discoverd_port
         ),
     ]
     readies = [asyncio.Event() for _ in servers]

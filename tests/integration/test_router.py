@@ -23,7 +23,7 @@ from encom.api.types import Route
 from encom.router.config import Options
 from encom.router.haproxy import ConfigError, HAProxyError
 from encom.router.router import Router
-from tests.integration.roles import eventually, free_port, running_role, within
+from tests.integration.roles import eventually, free_port, free_ports, running_role, within
 
 pytestmark = [
     pytest.mark.integration,
@@ -535,9 +535,10 @@ async def test_role_follows_controller_routes_and_discoverd_backends(tmp_path: P
     from encom.discoverd.client import DiscoverdClient
     from encom.router import service as router_service
 
+    controller_port, discoverd_port = free_ports(*ROLE_PORTS, 2)
     ports = Ports(
-        controller=free_port(*ROLE_PORTS),
-        discoverd=free_port(*ROLE_PORTS),
+        controller=controller_port,
+        discoverd=discoverd_port,
         router_http=HTTP_PORT,
         router_https=HTTPS_PORT,
     )
