@@ -29,7 +29,7 @@ from encom.host import service as host_service
 from encom.host.client import HostClient
 
 SERVER = ["/usr/bin/python3", "-m", "http.server", "--bind", "127.0.0.1"]
-PORT_BASE = 40000
+PORT_BASE = 13000  # below the ephemeral range (32768+)
 
 
 async def wait_listening(port: int) -> None:

@@ -13,7 +13,7 @@ from tests.e2e.conftest import Cluster, User, curl, make_user, running_cluster, 
 
 pytestmark = pytest.mark.integration
 
-PORT_BASE = 33000
+PORT_BASE = 10000  # below the ephemeral range (32768+), where an outgoing connection could hold a role port
 CGROUP_DIRS = (Path("/sys/fs/cgroup/memory/encom"), Path("/sys/fs/cgroup/encom"))  # v1, v2
 
 
