@@ -19,6 +19,7 @@ import contextlib
 import itertools
 import logging
 import socket
+import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import replace
 
@@ -33,12 +34,18 @@ from encom.router.config import (
     build_snapshot,
     render_config,
     render_map,
+    server_name,
     servers_in_config,
 )
 from encom.router.haproxy import HAPROXY_BIN, ConfigError, HAProxy, HAProxyError
 from encom.router.runtime import RuntimeAPIError
 
 SWEEP_SECONDS = 2.0
+# A server just put in maintenance is usually a job being drained by its host, which waits for the connections to
+# its port to go away: sweep it this often for LINGER_FAST seconds (then every SWEEP_SECONDS, for long-lived
+# connections such as websockets).
+LINGER_POLL = 0.1
+LINGER_FAST = 15.0
 DYNAMIC_SERVER_IDS = 100_000  # servers from the config file are numbered 1, 2, ...; runtime ones from here
 RESTART_DELAY_MAX = 30.0
 ADOPT_GRACE = TTL_SECONDS  # > a heartbeat interval plus a host's adoption and health check
@@ -64,6 +71,7 @@ class Router:
         self.last_error: str | None = None
         self._failed_layout: Layout | None = None  # a layout whose reload failed: not retried until the layout changes
         self._lingering: dict[str, set[str]] = {}  # backend -> servers in maintenance, to delete when idle
+        self._linger_fast_until = 0.0  # monotonic time until which lingering servers are swept every LINGER_POLL
         self._lock = asyncio.Lock()
         self._held = 0
         self._server_ids = itertools.count(DYNAMIC_SERVER_IDS)
@@ -269,6 +277,7 @@ class Router:
         await self.haproxy.runtime.disable_server(backend, addr)
         if not await self.haproxy.runtime.delete_server(backend, addr):
             self._lingering.setdefault(backend, set()).add(addr)
+            self._linger_fast_until = time.monotonic() + LINGER_FAST
 
     def _write_maps(self, snapshot: Snapshot) -> None:
         maps = snapshot.maps()
@@ -278,17 +287,39 @@ class Router:
     # ------------------------------------------------------------ background
 
     async def _sweep(self) -> None:
+        last = 0.0
         while True:
-            await asyncio.sleep(SWEEP_SECONDS)
+            await asyncio.sleep(LINGER_POLL)
+            now = time.monotonic()
+            if not self._lingering or (now >= self._linger_fast_until and now - last < SWEEP_SECONDS):
+                continue
+            last = now
             async with self._lock:
                 await self._delete_lingering()
 
     async def _delete_lingering(self) -> None:
+        """Delete the servers in maintenance that no request uses any more.
+
+        A connection that was serving a request when its server entered maintenance goes back to the server's idle
+        pool once the response is sent; HAProxy never reuses it (the server is in maintenance) but keeps it open
+        until its purge task gets to it (a share every 5 s), and refuses `del server` meanwhile. The job's host
+        drains by waiting until nothing is connected to the job's port, so such connections are closed as soon as
+        none is in use any more (`purge_idle`)."""
+        rt = self.haproxy.runtime
         for backend, addrs in list(self._lingering.items()):
+            conns: dict[str, tuple[int, int]] | None = None
             for addr in sorted(addrs):
                 try:
-                    if await self.haproxy.runtime.delete_server(backend, addr):
+                    if await rt.delete_server(backend, addr):
                         addrs.discard(addr)
+                        continue
+                    if conns is None:
+                        conns = await rt.connections(backend)
+                    used, idle = conns.get(server_name(addr), (1, 0))
+                    if used == 0 and idle > 0:
+                        await rt.purge_idle(backend, addr)
+                        if await rt.delete_server(backend, addr):
+                            addrs.discard(addr)
                 except RuntimeAPIError as exc:
                     log.debug("deleting %s/%s: %s", backend, addr, exc)
             if not addrs:

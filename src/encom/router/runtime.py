@@ -4,6 +4,7 @@ never interleave."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -91,6 +92,28 @@ class RuntimeAPI:
         if "connection" in out or "queue" in out:
             return False
         raise RuntimeAPIError(f"haproxy refused to delete {backend}/{server_name(addr)} ({addr}): {out}")
+
+    async def connections(self, backend: str) -> dict[str, tuple[int, int]]:
+        """Server name -> (connections in use, idle connections kept for reuse), from `show servers conn`."""
+        out = await self.command(f"show servers conn {backend}")
+        found: dict[str, tuple[int, int]] = {}
+        for line in out.splitlines():
+            cols = line.split()
+            # bkname/svname bkid/svid addr port - purge_delay used_cur used_max need_est unsafe_nb safe_nb idle_lim
+            # idle_cur idle_per_thr[n]
+            if len(cols) > 13 and "/" in cols[0] and not cols[0].startswith("#"):
+                with contextlib.suppress(ValueError):
+                    found[cols[0].split("/", 1)[1]] = (int(cols[6]), int(cols[13]))
+        return found
+
+    async def purge_idle(self, backend: str, addr: str) -> None:
+        """Close the idle connections of a server in maintenance. HAProxy purges a server's idle pool when the
+        server enters maintenance, but connections still in use then go back to the pool when their response
+        ends (and `del server` refuses while any is there). Leaving maintenance through "drain" (weight 0: no
+        new request can pick it) and entering it again purges them."""
+        name = server_name(addr)
+        await self.expect(f"set server {backend}/{name} state drain")
+        await self.expect(f"set server {backend}/{name} state maint")
 
     # ------------------------------------------------------------ maps
 
