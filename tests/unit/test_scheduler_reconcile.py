@@ -104,11 +104,13 @@ def test_deploy_starts_new_release_and_stops_old_reusing_dyno_names() -> None:
     assert sorted(s.host_id for s in plan.start) == HOSTS
 
 
-def test_indices_are_shared_across_releases_of_a_type() -> None:
-    # Both releases running (a deploy in progress): new jobs take the indices after the old ones.
+def test_each_release_numbers_its_own_dynos() -> None:
+    # Both releases running (a deploy in progress): the new release's jobs are web.1, web.2 again, beside the
+    # old web.1, web.2 that are about to drain, so a finished deploy leaves web.1..n.
     old = [job(f"old{i}", key=V1, index=i) for i in (1, 2)]
     plan = run({V1: 2, V2: 2}, old)
-    assert dynos(plan.start) == ["web.3", "web.4"]
+    assert dynos(plan.start) == ["web.1", "web.2"]
+    assert {s.key for s in plan.start} == {V2}
 
 
 def test_indices_are_per_type() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from encom.api.jobspec import job_env, one_off_spec
 from encom.api.types import (
     App,
     Artifact,
@@ -14,7 +15,7 @@ from encom.api.types import (
     Release,
     Resources,
 )
-from encom.scheduler.specs import controller_job, dyno_name, job_env, job_spec, parse_dyno
+from encom.scheduler.specs import controller_job, dyno_name, job_spec, parse_dyno
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -41,7 +42,7 @@ def test_env_order_later_wins() -> None:
         {"web": ProcessType(cmd="serve", env={"B": "process", "DYNO": "custom"})},
         env={"A": "release", "B": "release", "ENCOM_APP_NAME": "renamed"},
     )
-    env = job_env(f, "web", 2, "job-id")
+    env = job_env(f.app, f.release, "web", "web.2", "job-id")
     assert list(env)[:6] == [
         "DYNO",
         "ENCOM_APP_ID",
@@ -76,6 +77,25 @@ def test_web_spec_has_a_service_and_a_health_check() -> None:
     assert spec.service == "shop-web"
     assert spec.check == HealthCheck()
     assert spec.resources == resources
+
+
+def test_declared_check_and_stop_grace_reach_the_spec() -> None:
+    check = HealthCheck(type="http", path="/health", status=204, start_timeout=20)
+    f = formation({"web": ProcessType(cmd="serve", check=check)})
+    f = f.model_copy(update={"app": f.app.model_copy(update={"meta": {"stop_grace": "7.5"}})})
+    spec = job_spec(f, "web", 1)
+    assert spec.check == check
+    assert spec.stop_grace == 7.5
+    assert job_spec(formation({"web": ProcessType(cmd="serve")}), "web", 1).stop_grace == 30.0
+
+
+def test_one_off_spec_runs_the_type_once_outside_any_formation() -> None:
+    f = formation({"web": ProcessType(cmd="serve"), "release": ProcessType(cmd="migrate", env={"X": "1"})})
+    spec = one_off_spec(f.app, f.release, f.artifact, "release", "release.1", job_id="r1")
+    assert (spec.id, spec.process_type, spec.dyno, spec.cmd) == ("r1", "", "release.1", "migrate")
+    assert spec.service is None and spec.check is None
+    assert spec.env["DYNO"] == "release.1" and spec.env["X"] == "1"
+    assert spec.artifact_url == "/slugs/app-id/slug.tgz"
 
 
 def test_dash_web_types_are_web_too() -> None:

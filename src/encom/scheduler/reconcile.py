@@ -124,12 +124,13 @@ def _wanted_starts(
     now: float,
     plan: Plan,
 ) -> list[tuple[FormationKey, int, RestartSlot | None]]:
-    """(key, index, slot) of each job to start: due restarts first, then new dynos on the lowest free indices."""
-    used: dict[tuple[str, str], set[int]] = defaultdict(set)
+    """(key, index, slot) of each job to start: due restarts first, then new dynos on the lowest free indices of
+    their release, so a deploy's new jobs are `web.1..n` again while the old ones drain (as Heroku's preboot)."""
+    used: dict[FormationKey, set[int]] = defaultdict(set)
     for job in remaining:
-        used[job.key.app_id, job.key.type].add(job.index)
+        used[job.key].add(job.index)
     for slot in kept_slots:
-        used[slot.key.app_id, slot.key.type].add(slot.index)
+        used[slot.key].add(slot.index)
     wanted: list[tuple[FormationKey, int, RestartSlot | None]] = []
     for slot in sorted(kept_slots, key=lambda s: (s.key, s.index)):
         if slot.due <= now:
@@ -140,7 +141,7 @@ def _wanted_starts(
         if not key.type:
             continue
         missing = desired[key] - len(groups.get(key, _Occupants()))
-        taken = used[key.app_id, key.type]
+        taken = used[key]
         for _ in range(missing):
             index = _lowest_free(taken)
             taken.add(index)

@@ -426,8 +426,7 @@ class Scheduler:
                 log.exception("reconcile failed")
 
     async def _settle(self) -> None:
-        """Coalesce a burst of changes into one pass. A deploy's two formation events (new release up, old
-        release to zero) arrive back to back: planning between them would give the new jobs fresh dyno numbers."""
+        """Coalesce a burst of changes into one pass (formation events often arrive back to back)."""
         await asyncio.sleep(DEBOUNCE)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(SETTLE_MAX):

@@ -2,74 +2,17 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime
 
-from encom.api.types import (
-    ExpandedFormation,
-    HealthCheck,
-    HostJob,
-    HostJobSpec,
-    Job,
-    is_web_type,
-    service_name,
-    utcnow,
-)
+from encom.api.jobspec import dyno_name, parse_dyno, process_spec
+from encom.api.types import ExpandedFormation, HostJob, HostJobSpec, Job, utcnow
 
-
-def dyno_name(process_type: str, index: int) -> str:
-    return f"{process_type}.{index}"
-
-
-def parse_dyno(dyno: str) -> int | None:
-    """The index of `web.3` (3), or None when the name carries none."""
-    _, dot, number = dyno.rpartition(".")
-    if not dot or not number.isdigit():
-        return None
-    index = int(number)
-    return index if index > 0 else None
-
-
-def new_job_id() -> str:
-    return uuid.uuid4().hex
-
-
-def job_env(formation: ExpandedFormation, process_type: str, index: int, job_id: str) -> dict[str, str]:
-    """Later entries win: encom's own variables, then the release env, then the process env (PORT: the host)."""
-    process = formation.release.processes[process_type]
-    env = {
-        "DYNO": dyno_name(process_type, index),
-        "ENCOM_APP_ID": formation.app.id,
-        "ENCOM_APP_NAME": formation.app.name,
-        "ENCOM_RELEASE_ID": formation.release.id,
-        "ENCOM_PROCESS_TYPE": process_type,
-        "ENCOM_JOB_ID": job_id,
-    }
-    env.update(formation.release.env)
-    env.update(process.env)
-    return env
+__all__ = ["controller_job", "dyno_name", "job_spec", "parse_dyno"]
 
 
 def job_spec(formation: ExpandedFormation, process_type: str, index: int, job_id: str | None = None) -> HostJobSpec:
-    """The host job for dyno `<process_type>.<index>` of a formation. Only web types get a service and a check."""
-    job_id = job_id or new_job_id()
-    process = formation.release.processes[process_type]
-    web = is_web_type(process_type)
-    return HostJobSpec(
-        id=job_id,
-        app_id=formation.app.id,
-        app_name=formation.app.name,
-        release_id=formation.release.id,
-        process_type=process_type,
-        dyno=dyno_name(process_type, index),
-        artifact_url=formation.artifact.url if formation.artifact else None,
-        cmd=process.cmd,
-        env=job_env(formation, process_type, index, job_id),
-        port=True,
-        service=service_name(formation.app.name, process_type) if web else None,
-        check=HealthCheck() if web else None,
-        resources=process.resources,
-    )
+    """The host job for dyno `<process_type>.<index>` of a formation."""
+    return process_spec(formation.app, formation.release, formation.artifact, process_type, index, job_id)
 
 
 def controller_job(host_job: HostJob, restarts: int, updated_at: datetime | None = None) -> Job:
