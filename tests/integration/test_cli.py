@@ -172,7 +172,7 @@ def push_release(cluster: Cluster, app: str, env: dict[str, str] | None = None) 
         release = await client.create_release(
             ReleaseCreate(app_id=found.id, artifact_id=artifact.id, env=env or {}, processes=processes)
         )
-        await client.deploy(found.id, release.id, {"web": 0, "worker": 0})
+        await client.deploy_and_wait(found.id, release.id, {"web": 0, "worker": 0})
         return release
 
     return cluster.api(go)
@@ -377,3 +377,19 @@ def test_scale_and_ps(cluster: Cluster) -> None:
     # No job comes: the timeout names the type that did not reach its count.
     code, out, err = finish(run_cli(cluster, "scale", "-a", "example", "-t", "1", "web=3"))
     assert code == 1 and err == "error: timed out after 1s waiting for web=3 (1 up)\n", out + err
+
+
+def test_meta_holds_the_deploy_settings(cluster: Cluster) -> None:
+    add_cluster(cluster)
+    ok("create", "example")
+    assert ok("meta", "-a", "example") == ""
+    assert ok("meta", "set", "-a", "example", "strategy=all-at-once", "stop_grace=5") == (
+        "Updated example: strategy=all-at-once, stop_grace=5\n"
+    )
+    assert ok("meta", "-a", "example") == "stop_grace=5\nstrategy=all-at-once\n"
+    assert 'unknown deploy strategy "blue-green"' in fails("meta", "set", "-a", "example", "strategy=blue-green")
+    assert "stop_grace must be a number of seconds" in fails("meta", "set", "-a", "example", "stop_grace=soon")
+    assert ok("meta", "-a", "example") == "stop_grace=5\nstrategy=all-at-once\n"  # nothing stored
+    assert ok("meta", "unset", "-a", "example", "strategy") == "Removed from example: strategy\n"
+    assert "has no meta key strategy" in fails("meta", "unset", "-a", "example", "strategy")
+    assert ok("meta", "-a", "example") == "stop_grace=5\n"

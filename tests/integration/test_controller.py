@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-from collections.abc import AsyncIterator, Awaitable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,15 +31,14 @@ from encom.api.types import (
     utcnow,
 )
 from encom.bootstrap.tls import ensure_tls
-from encom.controller import service
 from encom.controller.client import ControllerClient
-from tests.integration.roles import free_port, free_ports, running_role
+from tests.integration.conftest import PORTS, running_controller
+from tests.integration.deploys import deploy, scheduler
+from tests.integration.roles import free_port, free_ports
 
 pytestmark = pytest.mark.integration
 T = TypeVar("T")
-START_TIMEOUT = 20.0
 EVENT_TIMEOUT = 10.0
-PORTS = (23000, 23999)  # the controller
 FAKE_PORTS = (20000, 20999)  # the fake discoverd and hosts of the log test
 
 
@@ -49,29 +47,6 @@ async def within(what: str, awaitable: Awaitable[T], seconds: float = EVENT_TIME
         return await asyncio.wait_for(awaitable, seconds)
     except TimeoutError:
         pytest.fail(f"timed out after {seconds:.0f}s waiting for {what}")
-
-
-@asynccontextmanager
-async def running_controller(settings: Settings) -> AsyncIterator[ControllerClient]:
-    verify = ca_context(settings.ca_cert_path)
-    async with (
-        running_role(service.run, settings, "controller", START_TIMEOUT, START_TIMEOUT),
-        ControllerClient(settings.controller_url, settings.cluster_key, verify=verify) as client,
-    ):
-        yield client
-
-
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    settings = Settings(data_dir=tmp_path, ports=Ports(controller=free_port(*PORTS)))
-    ensure_tls(settings)
-    return settings
-
-
-@pytest.fixture
-async def client(settings: Settings) -> AsyncIterator[ControllerClient]:
-    async with running_controller(settings) as client:
-        yield client
 
 
 async def expect_error(status: int, awaitable: Awaitable[Any]) -> ApiError:
@@ -212,12 +187,13 @@ async def test_release_versions(client: ControllerClient) -> None:
 async def test_deploy_moves_formation_counts(client: ControllerClient) -> None:
     app = await client.create_app("example")
     v1 = await release_with(client, "example", "web", "worker")
-    deployment = await client.deploy("example", v1.id, {"web": 2, "worker": 1})
-    assert (deployment.status, deployment.old_release_id, deployment.new_release_id) == ("complete", None, v1.id)
-    assert (await client.current_release("example")) == v1
+    async with scheduler(client):
+        deployment = await deploy(client, "example", v1.id, {"web": 2, "worker": 1})
+        assert (deployment.status, deployment.old_release_id, deployment.new_release_id) == ("complete", None, v1.id)
+        assert (await client.current_release("example")) == v1
 
-    v2 = await release_with(client, "example", "web", "clock")
-    await client.deploy("example", v2.id)
+        v2 = await release_with(client, "example", "web", "clock")
+        await deploy(client, "example", v2.id)
     assert (await client.get_app("example")).release_id == v2.id
     assert (await client.get_formation("example", v2.id)).processes == {"web": 2, "clock": 0}  # type: ignore[union-attr]
     assert (await client.get_formation("example", v1.id)).processes == {"web": 0, "worker": 0}  # type: ignore[union-attr]
@@ -320,7 +296,8 @@ async def test_routes(client: ControllerClient, settings: Settings) -> None:
 async def test_app_delete_cascades(client: ControllerClient) -> None:
     app = await client.create_app("example")
     release = await release_with(client, "example", "web")
-    await client.deploy("example", release.id, {"web": 2})
+    async with scheduler(client):
+        await deploy(client, "example", release.id, {"web": 2})
     await client.create_route("example", RouteCreate(type="tcp"))
     since = await client.last_event_id()
 
@@ -389,7 +366,8 @@ async def test_data_survives_a_restart(settings: Settings, tmp_path: Path) -> No
     async with running_controller(settings) as client:
         app = await client.create_app("example")
         release = await release_with(client, "example", "web")
-        await client.deploy("example", release.id, {"web": 1})
+        async with scheduler(client):
+            await deploy(client, "example", release.id, {"web": 1})
         await client.add_key(line)
         last = await client.last_event_id()
     async with running_controller(settings) as client:

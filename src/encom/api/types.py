@@ -45,10 +45,24 @@ class Resources(Wire):
     temp_disk: int = 100 << 20
 
 
+class HealthCheck(Wire):
+    """When a job with a port counts as started: TCP accept (the default for web types) or an HTTP answer."""
+
+    type: Literal["tcp", "http"] = "tcp"
+    path: str = Field(default="/", pattern=r"^/[^\s]*$", max_length=1024)
+    status: int = Field(default=200, ge=100, le=599)
+    interval: float = Field(default=0.1, ge=0.01, le=60)
+    start_timeout: float = Field(default=60.0, gt=0, le=3600)  # Heroku's R10 boot timeout
+
+
 class ProcessType(Wire):
     cmd: str  # the Procfile command, run with `bash -c` after sourcing /app/.profile.d/*
     env: dict[str, str] = Field(default_factory=dict)
     resources: Resources = Field(default_factory=Resources)
+    check: HealthCheck | None = None  # from app.json `healthchecks`; web types default to a TCP check
+
+
+RELEASE_TYPE = "release"  # the Procfile's release phase: run once per deploy, never scaled
 
 
 class AppCreate(Wire):
@@ -62,14 +76,27 @@ class AppCreate(Wire):
         return v
 
 
+DeployStrategy = Literal["one-by-one", "all-at-once"]
+STRATEGIES: tuple[DeployStrategy, ...] = ("one-by-one", "all-at-once")
+DEFAULT_STOP_GRACE = 30.0
+MAX_STOP_GRACE = 3600.0
+
+
 class App(Wire):
+    """`meta` is free-form, except two deploy settings it also holds (validated when set):
+    `strategy` (one-by-one | all-at-once; default one-by-one when the release has a web type) and
+    `stop_grace` (seconds between SIGTERM and SIGKILL, default 30)."""
+
     id: str
     name: str
     release_id: str | None = None
-    strategy: str = "all-at-once"
     meta: dict[str, str] = Field(default_factory=dict)
     created_at: datetime
     updated_at: datetime
+
+
+class AppUpdate(Wire):
+    meta: dict[str, str | None]  # merged into the app's meta; None removes the key
 
 
 class AppDeleted(Wire):
@@ -151,7 +178,9 @@ class Deployment(Wire):
     new_release_id: str
     strategy: str
     status: DeploymentStatus
-    processes: dict[str, int]
+    processes: dict[str, int]  # the new release's counts
+    old_processes: dict[str, int] = Field(default_factory=dict)  # the old release's, restored on failure
+    release_job_id: str | None = None  # the release phase's one-off job, when the release has one
     error: str | None = None
     created_at: datetime
     finished_at: datetime | None = None
@@ -280,14 +309,6 @@ class ServiceMeta(Wire):
 
 
 # ---------------------------------------------------------------- host
-
-
-class HealthCheck(Wire):
-    type: Literal["tcp", "http"] = "tcp"
-    path: str = "/"
-    status: int = 200
-    interval: float = 0.1
-    start_timeout: float = 60.0
 
 
 class HostJobSpec(Wire):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, get_args
 
@@ -26,6 +26,7 @@ from encom.api.types import (
     App,
     AppCreate,
     AppDeleted,
+    AppUpdate,
     Artifact,
     ArtifactCreate,
     Deployment,
@@ -55,6 +56,7 @@ class Controller:
     settings: Settings
     db: Database
     hub: EventHub
+    kick_deployer: Callable[[], None] = lambda: None  # wakes the deployer after a deployment is created
 
 
 def create_api(ctl: Controller) -> FastAPI:
@@ -89,6 +91,11 @@ def _apps(router: APIRouter, ctl: Controller) -> None:
     def get_app(app: str) -> App:
         with db.read() as s:
             return convert.app(apps.find_app(s, app))
+
+    @router.patch("/apps/{app}")
+    def update_app(app: str, body: AppUpdate) -> App:
+        with db.write() as s:
+            return apps.update_app(s, app, body)
 
     @router.delete("/apps/{app}")
     def delete_app(app: str) -> AppDeleted:
@@ -154,7 +161,14 @@ def _releases(router: APIRouter, ctl: Controller) -> None:
     @router.post("/apps/{app}/deploy")
     def deploy(app: str, body: DeployRequest) -> Deployment:
         with db.write() as s:
-            return deployments.deploy(s, apps.find_app(s, app, lock=True), body)
+            deployment = deployments.create(s, apps.find_app(s, app, lock=True), body)
+        ctl.kick_deployer()
+        return deployment
+
+    @router.get("/deployments/{deployment_id}")
+    def get_deployment(deployment_id: str) -> Deployment:
+        with db.read() as s:
+            return deployments.get(s, deployment_id)
 
     @router.get("/apps/{app}/deployments")
     def list_deployments(app: str) -> list[Deployment]:
@@ -169,6 +183,7 @@ def _formations(router: APIRouter, ctl: Controller) -> None:
     def put_formation(app: str, release_id: str, body: FormationUpdate) -> Formation:
         with db.write() as s:
             row = apps.find_app(s, app, lock=True)
+            deployments.refuse_if_in_flight(s, row, "scale")
             return formations.put(s, row, releases.release_row(s, release_id, row), body.processes)
 
     @router.get("/apps/{app}/formations")

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import math
+import re
 import uuid
 
 from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session
 
-from encom.api.errors import Conflict, NotFound
+from encom.api.errors import Conflict, NotFound, ValidationError
 from encom.api.settings import Settings
-from encom.api.types import App, AppCreate, AppDeleted
+from encom.api.types import MAX_STOP_GRACE, STRATEGIES, App, AppCreate, AppDeleted, AppUpdate, utcnow
 from encom.controller import convert, events, formations, routes
 from encom.controller.models import AppRow, DeploymentRow, FormationRow, ReleaseRow
 
@@ -37,6 +39,51 @@ def create_app(session: Session, settings: Settings, body: AppCreate) -> App:
         routes.add_default_route(session, settings, row)
     except Conflict:
         raise Conflict(f'app "{body.name}" cannot get its route {body.name}.{settings.domain}: already taken') from None
+    return app
+
+
+META_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+MAX_META_KEYS = 100
+MAX_META_VALUE = 1024
+
+
+def _check_stop_grace(value: str) -> None:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not 0 <= seconds <= MAX_STOP_GRACE:  # also false for nan
+        raise ValidationError(f'stop_grace must be a number of seconds between 0 and {MAX_STOP_GRACE:g}, not "{value}"')
+
+
+def _check_meta_entry(key: str, value: str) -> None:
+    if not META_KEY_RE.match(key):
+        raise ValidationError(f'invalid meta key "{key}": letters, digits, "_", "." and "-", at most 64 characters')
+    if len(value) > MAX_META_VALUE:
+        raise ValidationError(f'meta value of "{key}" is longer than {MAX_META_VALUE} characters')
+    if key == "strategy" and value not in STRATEGIES:
+        raise ValidationError(f'unknown deploy strategy "{value}" (expected one of: {", ".join(STRATEGIES)})')
+    if key == "stop_grace":
+        _check_stop_grace(value)
+
+
+def update_app(session: Session, ref: str, body: AppUpdate) -> App:
+    """Merge `body.meta` into the app's meta (None removes a key); all checked before anything is stored."""
+    row = find_app(session, ref, lock=True)
+    meta = dict(row.meta)
+    for key, value in body.meta.items():
+        if value is None:
+            meta.pop(key, None)
+        else:
+            _check_meta_entry(key, value)
+            meta[key] = value
+    if len(meta) > MAX_META_KEYS:
+        raise ValidationError(f"an app has at most {MAX_META_KEYS} meta keys")
+    row.meta = meta
+    row.updated_at = utcnow()
+    session.flush()
+    app = convert.app(row)
+    events.record(session, "app", row.id, app, row.id)
     return app
 
 

@@ -5,6 +5,8 @@ API (errors are {"code", "message"}: 400 validation_error, 401 unauthorized, 404
   POST   /apps                    AppCreate         -> 201 App (also creates route http <name>.<domain>)
   GET    /apps                                      -> list[App] (by name)
   GET    /apps/{app}                                -> App          ({app} is an id or a name, everywhere)
+  PATCH  /apps/{app}               AppUpdate         -> App: meta merged (null removes a key); `strategy` and
+                                                       `stop_grace` are checked (400 naming the bad value)
   DELETE /apps/{app}                                -> AppDeleted   (formations scaled to 0, routes and releases gone)
   POST   /keys                    KeyCreate         -> 201 Key (400 not an ssh public key; 409 exists)
   GET    /keys                                      -> list[Key]
@@ -15,11 +17,17 @@ API (errors are {"code", "message"}: 400 validation_error, 401 unauthorized, 404
   GET    /releases/{id}                             -> Release
   GET    /apps/{app}/releases                       -> list[Release], newest first
   GET    /apps/{app}/release                        -> the current Release (404 when none)
-  POST   /apps/{app}/deploy       DeployRequest     -> Deployment: makes the release current and moves the
-                                                       formation to it (counts carried over, or `processes`)
+  POST   /apps/{app}/deploy       DeployRequest     -> Deployment, `pending`: the deployer runs the release phase,
+                                                       makes the release current and moves the formation to it
+                                                       (counts carried over, or `processes`) by the app's strategy;
+                                                       follow its `deployment` events to `complete`/`failed`.
+                                                       409 while another deployment of the app is in flight;
+                                                       400 for the current release or another app's
   GET    /apps/{app}/deployments                    -> list[Deployment], newest first
+  GET    /deployments/{id}                          -> Deployment
   PUT    /apps/{app}/formations/{release_id} FormationUpdate -> Formation
-                                                       (400 `unknown process types: "foo"` for types not in the release)
+                                                       (400 `unknown process types: "foo"` for types not in the release;
+                                                       409 while a deployment of the app is in flight)
   GET    /apps/{app}/formations                     -> list[Formation]
   GET    /apps/{app}/formations/{release_id}        -> Formation (404 when none)
   GET    /formations                                -> list[ExpandedFormation] with a non-zero count
@@ -42,7 +50,7 @@ API (errors are {"code", "message"}: 400 validation_error, 401 unauthorized, 404
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -52,6 +60,7 @@ from encom.api.types import (
     App,
     AppCreate,
     AppDeleted,
+    AppUpdate,
     Artifact,
     ArtifactCreate,
     Deployment,
@@ -84,6 +93,9 @@ class ControllerClient(ApiClient):
 
     async def get_app(self, app: str) -> App:
         return await self.get_model(App, f"/apps/{app}")
+
+    async def update_app(self, app: str, meta: dict[str, str | None]) -> App:
+        return await self.send_model("PATCH", App, f"/apps/{app}", AppUpdate(meta=meta))
 
     async def delete_app(self, app: str) -> AppDeleted:
         return await self.send_model("DELETE", AppDeleted, f"/apps/{app}")
@@ -122,6 +134,31 @@ class ControllerClient(ApiClient):
     async def deploy(self, app: str, release_id: str, processes: dict[str, int] | None = None) -> Deployment:
         body = DeployRequest(release_id=release_id, processes=processes)
         return await self.send_model("POST", Deployment, f"/apps/{app}/deploy", body)
+
+    async def get_deployment(self, deployment_id: str) -> Deployment:
+        return await self.get_model(Deployment, f"/deployments/{deployment_id}")
+
+    async def deploy_and_wait(
+        self,
+        app: str,
+        release_id: str,
+        processes: dict[str, int] | None = None,
+        on_job: Callable[[Job], None] | None = None,
+    ) -> Deployment:
+        """Deploy and follow the deployment until it is `complete` or `failed` (the caller bounds the wait);
+        `on_job` sees the app's job changes meanwhile."""
+        since = await self.last_event_id()
+        deployment = await self.deploy(app, release_id, processes)
+        if deployment.status in ("complete", "failed"):
+            return deployment
+        async for event in self.events(deployment.app_id, ["deployment", "job"], last_event_id=since):
+            if event.object_type == "job" and on_job is not None:
+                on_job(Job.model_validate(event.data))
+            elif event.object_type == "deployment" and event.object_id == deployment.id:
+                deployment = Deployment.model_validate(event.data)
+                if deployment.status in ("complete", "failed"):
+                    return deployment
+        raise ApiError("unavailable", "the controller closed its event stream during the deployment", 503)
 
     async def list_deployments(self, app: str) -> list[Deployment]:
         return await self.get_list(Deployment, f"/apps/{app}/deployments")

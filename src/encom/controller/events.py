@@ -81,6 +81,10 @@ class EventHub:
         with self.db.read() as session:
             return fetch(session, after, app_id, object_types, BATCH)
 
+    async def fetch(self, after: int, app_id: str | None, object_types: list[str] | None) -> list[Event]:
+        """Up to BATCH stored events after `after`, oldest first."""
+        return await asyncio.to_thread(self._fetch, after, app_id, object_types)
+
     async def last_id(self) -> int:
         return await asyncio.to_thread(self._last_id)
 
@@ -94,7 +98,7 @@ class EventHub:
             last = await self.last_id() if after is None else after
             while not self.closed:
                 waiter.clear()
-                batch = await asyncio.to_thread(self._fetch, last, app_id, object_types)
+                batch = await self.fetch(last, app_id, object_types)
                 for event in batch:
                     yield event
                     last = event.id

@@ -6,7 +6,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from encom.api.errors import NotFound, ValidationError
-from encom.api.types import ExpandedFormation, Formation, utcnow
+from encom.api.types import RELEASE_TYPE, ExpandedFormation, Formation, utcnow
 from encom.controller import convert, events
 from encom.controller.models import AppRow, ArtifactRow, FormationRow, ReleaseRow
 
@@ -18,6 +18,8 @@ def check_counts(release: ReleaseRow, processes: dict[str, int]) -> None:
     negative = [f"{name}={count}" for name, count in processes.items() if count < 0]
     if negative:
         raise ValidationError("process counts cannot be negative: " + ", ".join(negative))
+    if processes.get(RELEASE_TYPE, 0) > 0:
+        raise ValidationError(f'"{RELEASE_TYPE}" runs once per deploy (the release phase); it cannot be scaled')
 
 
 def object_id(app_id: str, release_id: str) -> str:

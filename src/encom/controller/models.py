@@ -50,7 +50,6 @@ class AppRow(Base):
     name: Mapped[str] = mapped_column(String(63), unique=True)
     # No FK: apps and releases would reference each other; the code keeps it consistent.
     release_id: Mapped[str | None] = mapped_column(String(36))
-    strategy: Mapped[str] = mapped_column(String(32), default="all-at-once")
     meta: Mapped[JSONDict] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -110,6 +109,8 @@ class DeploymentRow(Base):
     strategy: Mapped[str] = mapped_column(String(32))
     status: Mapped[str] = mapped_column(String(16))
     processes: Mapped[JSONDict] = mapped_column(default=dict)
+    old_processes: Mapped[JSONDict] = mapped_column(default=dict)
+    release_job_id: Mapped[str | None] = mapped_column(String(128))
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None]

@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from encom.api.errors import NotFound, ValidationError
-from encom.api.types import Artifact, ArtifactCreate, Release, ReleaseCreate
+from encom.api.types import Artifact, ArtifactCreate, Release, ReleaseCreate, is_web_type
 from encom.controller import convert, events
 from encom.controller.models import AppRow, ArtifactRow, ReleaseRow
 
@@ -43,6 +43,9 @@ def create_release(session: Session, app: AppRow, body: ReleaseCreate) -> Releas
     if body.artifact_id is not None and session.get(ArtifactRow, body.artifact_id) is None:
         raise ValidationError(f'artifact "{body.artifact_id}" not found')
     check_process_types(list(body.processes))
+    unchecked = [name for name, p in body.processes.items() if p.check is not None and not is_web_type(name)]
+    if unchecked:
+        raise ValidationError(f'health checks apply to web process types only, not "{unchecked[0]}"')
     previous = session.scalar(select(func.max(ReleaseRow.version)).where(ReleaseRow.app_id == app.id))
     row = ReleaseRow(
         id=str(uuid.uuid4()),

@@ -16,6 +16,7 @@ from encom.api.server import embedded_server, run_server
 from encom.bootstrap.tls import controller_cert_paths, ensure_tls
 from encom.controller.api import Controller, create_api
 from encom.controller.db import Database, default_url
+from encom.controller.deployer import Deployer
 from encom.controller.events import EventHub
 
 DATABASE_URL_ENV = "ENCOM_CONTROLLER_DATABASE_URL"
@@ -30,21 +31,25 @@ async def run(ctx: RoleContext, database_url: str | None = None) -> None:
         await asyncio.to_thread(db.migrate)
         await asyncio.to_thread(ensure_tls, settings)
         hub = EventHub(db)
+        deployer = Deployer(settings, db, hub)
         certfile, keyfile = controller_cert_paths(settings)
         server = embedded_server(
-            create_api(Controller(settings, db, hub)),
+            create_api(Controller(settings, db, hub, deployer.kick)),
             settings.bind,
             settings.ports.controller,
             certfile=certfile,
             keyfile=keyfile,
         )
         task = asyncio.create_task(run_server(server, ctx.ready))
+        deploying = asyncio.create_task(deployer.run(), name="controller-deployer")
         try:
             await asyncio.shield(task)
         finally:
+            deploying.cancel()
             hub.close()  # end the SSE streams first so the graceful shutdown does not wait on them
             task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
+            for running in (deploying, task):
+                with contextlib.suppress(BaseException):
+                    await running
     finally:
         db.close()

@@ -21,10 +21,16 @@ discoverd; "down" = exited 0 or stopped on request; "crashed" = exited non-zero 
 
 from __future__ import annotations
 
+import asyncio
+import random
 from collections.abc import AsyncIterator
 
 from encom.api.client import ApiClient
+from encom.api.errors import ApiError
 from encom.api.types import HostJob, HostJobEvent, HostJobSpec, HostStatus, LogLine
+from encom.discoverd.client import HOST_SERVICE, DiscoverdClient
+
+ENDED_STATES = ("down", "crashed", "failed")
 
 
 class HostClient(ApiClient):
@@ -44,6 +50,14 @@ class HostClient(ApiClient):
     async def get_job(self, job_id: str) -> HostJob:
         return await self.get_model(HostJob, f"/host/jobs/{job_id}")
 
+    async def wait_ended(self, job_id: str, poll: float = 0.2) -> HostJob:
+        """The job's final state, polled (the caller bounds the wait)."""
+        while True:
+            job = await self.get_job(job_id)
+            if job.state in ENDED_STATES:
+                return job
+            await asyncio.sleep(poll)
+
     async def stop_job(self, job_id: str) -> HostJob:
         return await self.send_model("DELETE", HostJob, f"/host/jobs/{job_id}")
 
@@ -61,3 +75,15 @@ class HostClient(ApiClient):
         if process_type is not None:
             params["process_type"] = process_type
         return await self.get_list(LogLine, "/host/logs", params=params)
+
+
+async def pick_host(discoverd: DiscoverdClient, secret: str, prefer: str | None = None) -> HostClient:
+    """A client of a live host for a one-off job: `prefer` (a host id, usually this machine's) when it is
+    registered, else one at random. 503 when no host is registered."""
+    instances = await discoverd.instances(HOST_SERVICE)
+    hosts = [(i.meta.get("id"), i.meta["url"]) for i in instances if i.meta.get("url")]
+    if not hosts:
+        raise ApiError("unavailable", "no host is available to run the job", 503)
+    preferred = [url for host_id, url in hosts if host_id == prefer]
+    url = preferred[0] if preferred else random.choice(hosts)[1]
+    return HostClient(url, secret)
