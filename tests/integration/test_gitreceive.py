@@ -45,7 +45,7 @@ FIRST_PUSH = [
     "-----> Compressing... done, ",
     "-----> Creating release...",
     "=====> Scaling initial release to web=1",
-    "-----> Waiting for web job to start...",
+    "-----> web job ",
     "=====> Application deployed",
 ]
 

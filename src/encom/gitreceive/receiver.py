@@ -12,25 +12,23 @@ import contextlib
 import fcntl
 import json
 import os
-import random
 import re
 import signal
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO, TypeVar
-
-from pydantic import BaseModel, ValidationError
+from typing import TextIO
 
 from encom.api.client import ca_context
 from encom.api.errors import ApiError
 from encom.api.settings import Settings
 from encom.api.types import (
+    RELEASE_TYPE,
     ArtifactCreate,
     Deployment,
-    Event,
+    HealthCheck,
     HostJob,
     HostJobSpec,
     Job,
@@ -41,8 +39,9 @@ from encom.api.types import (
 )
 from encom.blobstore.client import BlobstoreClient
 from encom.controller.client import ControllerClient
-from encom.discoverd.client import HOST_SERVICE, DiscoverdClient
-from encom.host.client import HostClient
+from encom.discoverd.client import DiscoverdClient
+from encom.gitreceive import appjson
+from encom.host.client import ENDED_STATES, HostClient, pick_host
 
 ZERO_SHA = "0" * 40
 DEPLOY_REFS = ("refs/heads/master", "refs/heads/main")
@@ -51,13 +50,10 @@ BUILD_MEMORY = 2 << 30
 BUILD_TEMP_DISK = 2 << 30
 BUILD_TIMEOUT = 30 * 60.0
 JOB_END_TIMEOUT = 30.0
-DEPLOY_TIMEOUT = 120.0
-WEB_START_TIMEOUT = 60.0
-ENDED_STATES = ("down", "crashed", "failed")
+DEPLOY_TIMEOUT = 45 * 60.0  # the deployer bounds every step; this only guards against a lost controller
+JOB_LOG_LINES = 500
 PROCESS_TYPE_RE = re.compile(r"^[A-Za-z0-9_-]{1,63}$")
 LOCK_FILE = "encom-build.lock"
-
-M = TypeVar("M", bound=BaseModel)
 
 
 class PushFailed(Exception):
@@ -125,15 +121,19 @@ def build_env(urls: dict[str, str], commit: str, release_env: dict[str, str]) ->
     return {**release_env, **urls, "SOURCE_VERSION": commit, "ENCOM_ENV_KEYS": ",".join(release_env)}
 
 
-def release_processes(commands: dict[str, str], previous: Release | None) -> dict[str, ProcessType]:
-    """The Procfile's commands, keeping each type's env and resources from the previous release."""
+def release_processes(
+    commands: dict[str, str], previous: Release | None, checks: dict[str, HealthCheck] | None = None
+) -> dict[str, ProcessType]:
+    """The Procfile's commands with app.json's health checks, keeping each type's env and resources from the
+    previous release."""
     processes = {}
     for name, cmd in commands.items():
         old = previous.processes.get(name) if previous else None
+        check = (checks or {}).get(name)
         if old is None:
-            processes[name] = ProcessType(cmd=cmd)
+            processes[name] = ProcessType(cmd=cmd, check=check)
         else:
-            processes[name] = ProcessType(cmd=cmd, env=dict(old.env), resources=old.resources.model_copy())
+            processes[name] = ProcessType(cmd=cmd, env=dict(old.env), resources=old.resources.model_copy(), check=check)
     return processes
 
 
@@ -183,13 +183,31 @@ class Receiver:
         say(f"-----> Building {self.app_name}...")
         previous = await self.controller.current_release(self.app_id)
         await self.upload_source()
+        app_json = self.app_json(await self.read_file("app.json"))  # before the build: fail early
         commands = await self.build(previous)
         say("-----> Creating release...")
-        release = await self.create_release(commands)
+        release = await self.create_release(commands, self.checks(app_json, commands))
         await self.deploy(release)
         say("=====> Application deployed")
 
     # ------------------------------------------------------------ source
+
+    async def git(self, *args: str) -> tuple[int, bytes]:
+        proc = await asyncio.create_subprocess_exec(
+            "git", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+        )
+        out, _ = await proc.communicate()
+        return await proc.wait(), out
+
+    async def read_file(self, path: str) -> bytes | None:
+        """A file of the pushed commit, None when it has none; one larger than app.json may be is refused."""
+        found, size = await self.git("cat-file", "-s", f"{self.commit}:{path}")
+        if found != 0:
+            return None
+        if int(size) > appjson.MAX_SIZE:
+            raise PushFailed(f"{path} is too large: {int(size)} bytes (at most {appjson.MAX_SIZE})")
+        _, data = await self.git("cat-file", "blob", f"{self.commit}:{path}")
+        return data
 
     async def upload_source(self) -> None:
         proc = await asyncio.create_subprocess_exec(
@@ -211,13 +229,10 @@ class Receiver:
     # ------------------------------------------------------------ build
 
     async def pick_host(self) -> HostClient:
-        instances = await self.discoverd.instances(HOST_SERVICE)
-        hosts = [(i.meta.get("id"), i.meta["url"]) for i in instances if i.meta.get("url")]
-        if not hosts:
-            raise PushFailed("no host is available to run the build")
-        local = [url for host_id, url in hosts if host_id == self.settings.host_id]
-        url = local[0] if local else random.choice(hosts)[1]
-        return HostClient(url, self.settings.internal_secret)
+        try:
+            return await pick_host(self.discoverd, self.settings.internal_secret, prefer=self.settings.host_id)
+        except ApiError as exc:
+            raise PushFailed(f"cannot run the build: {exc.message}") from None
 
     def job_spec(self, previous: Release | None) -> HostJobSpec:
         ttl = BUILD_TIMEOUT + 600
@@ -271,15 +286,25 @@ class Receiver:
     async def wait_ended(self, host: HostClient) -> HostJob:
         """The job's final state. The log stream ends when the job has, so this is normally immediate."""
         async with asyncio.timeout(JOB_END_TIMEOUT):
-            while True:
-                job = await host.get_job(self.paths.build_id)
-                if job.state in ENDED_STATES:
-                    return job
-                await asyncio.sleep(0.2)
+            return await host.wait_ended(self.paths.build_id)
 
     # ------------------------------------------------------------ release and deploy
 
-    async def create_release(self, commands: dict[str, str]) -> Release:
+    @staticmethod
+    def app_json(data: bytes | None) -> dict[str, list[appjson.RawCheck]]:
+        try:
+            return appjson.parse_app_json(data)
+        except appjson.AppJsonError as exc:
+            raise PushFailed(str(exc)) from None
+
+    @staticmethod
+    def checks(app_json: dict[str, list[appjson.RawCheck]], commands: dict[str, str]) -> dict[str, HealthCheck]:
+        try:
+            return appjson.health_checks(app_json, commands)
+        except appjson.AppJsonError as exc:
+            raise PushFailed(str(exc)) from None
+
+    async def create_release(self, commands: dict[str, str], checks: dict[str, HealthCheck]) -> Release:
         # Read again: config may have changed during the build.
         current = await self.controller.current_release(self.app_id)
         artifact = await self.controller.create_artifact(
@@ -289,7 +314,7 @@ class Receiver:
             app_id=self.app_id,
             artifact_id=artifact.id,
             env=dict(current.env) if current else {},
-            processes=release_processes(commands, current),
+            processes=release_processes(commands, current, checks),
             meta={"git": "true", "git.commit": self.commit},
         )
         return await self.controller.create_release(body)
@@ -304,80 +329,58 @@ class Receiver:
 
     async def deploy(self, release: Release) -> None:
         counts = await self.current_counts() or {}
-        initial_web = "web" in release.processes and "web" not in counts
-        since = await self.controller.last_event_id()
         processes = None
-        if initial_web:
+        if "web" in release.processes and "web" not in counts:
             say("=====> Scaling initial release to web=1")
             processes = {t: n for t, n in counts.items() if t in release.processes} | {"web": 1}
-        deployment = await self.controller.deploy(self.app_id, release.id, processes)
-        if deployment.status in ("pending", "running"):
-            await self.wait_deployment(deployment, since)
-        elif deployment.status == "failed":
-            raise PushFailed(f"deploy failed: {deployment.error or 'unknown error'}")
-        if initial_web:
-            say("-----> Waiting for web job to start...")
-            await self.wait_web_up(release, since)
-
-    async def watch(self, since: int, types: list[str], done: Callable[[Event], bool], limit: float) -> bool:
-        """Follow the app's events after `since` until `done` returns True; False on timeout."""
+        if RELEASE_TYPE in release.processes:
+            say("-----> Running release command...")
+        progress = DeployProgress(release)
         try:
-            async with asyncio.timeout(limit):
-                async for event in self.controller.events(self.app_id, types, last_event_id=since):
-                    if done(event):
-                        return True
+            async with asyncio.timeout(DEPLOY_TIMEOUT):
+                deployment = await self.controller.deploy_and_wait(self.app_id, release.id, processes, progress.job)
         except TimeoutError:
-            return False
-        raise PushFailed("the controller closed its event stream")
+            raise PushFailed(f"the deployment did not finish within {DEPLOY_TIMEOUT / 60:.0f} minutes") from None
+        if deployment.release_job_id:
+            await self.show_job_log(deployment.release_job_id)
+        if deployment.status == "failed":
+            await self.explain_failure(deployment, progress.failed)
 
-    async def wait_deployment(self, deployment: Deployment, since: int) -> None:
-        def done(event: Event) -> bool:
-            found = _model(Deployment, event.data)
-            if found is None or found.id != deployment.id:
-                return False
-            if found.status == "failed":
-                raise PushFailed(f"deploy failed: {found.error or 'unknown error'}")
-            return found.status == "complete"
-
-        if not await self.watch(since, ["deployment"], done, DEPLOY_TIMEOUT):
-            raise PushFailed(f"the deployment did not complete within {DEPLOY_TIMEOUT:.0f}s")
-
-    async def wait_web_up(self, release: Release, since: int) -> None:
-        crashed: list[Job] = []
-
-        def done(event: Event) -> bool:
-            job = _model(Job, event.data)
-            if job is None or job.release_id != release.id or job.type != "web":
-                return False
-            if job.state in ("crashed", "failed"):
-                crashed.append(job)
-                return True
-            return job.state == "up"
-
-        if not await self.watch(since, ["job"], done, WEB_START_TIMEOUT):
-            raise PushFailed(
-                f"no web job of release v{release.version} came up within {WEB_START_TIMEOUT:.0f}s "
-                "(is a scheduler running?)"
-            )
-        if crashed:
-            await self.explain_crash(crashed[0])
-
-    async def explain_crash(self, job: Job) -> None:
-        reason = job.error or f"exit status {job.exit_status}"
-        say(f" !     The web job failed to start: {reason}")
+    async def show_job_log(self, job_id: str) -> None:
         with contextlib.suppress(ApiError):
-            lines = await self.controller.app_log(self.app_id, lines=20, process_type="web")
-            for line in lines:
-                if line.job_id == job.id:
+            for line in await self.controller.app_log(self.app_id, lines=JOB_LOG_LINES):
+                if line.job_id == job_id and line.source == "app":
                     say(indent(line.msg))
-        raise PushFailed("the initial web job failed to start; see `encom log`")
+
+    async def explain_failure(self, deployment: Deployment, failed: Job | None) -> None:
+        say(f" !     Deploy failed: {deployment.error or 'unknown error'}")
+        if failed is not None:
+            await self.show_job_log(failed.id)
+        if deployment.old_release_id:
+            old = await self.controller.get_release(deployment.old_release_id)
+            say(f" !     Rolled back: v{old.version} is still serving")
+        raise PushFailed("the new release was not deployed; see `encom log`")
 
 
-def _model(model: type[M], data: dict[str, Any]) -> M | None:
-    try:
-        return model.model_validate(data)
-    except ValidationError:
-        return None
+class DeployProgress:
+    """Push output while a deployment runs: each new job up, each old one retired."""
+
+    def __init__(self, release: Release) -> None:
+        self.release = release
+        self.failed: Job | None = None
+        self.said: set[tuple[str, str]] = set()
+
+    def job(self, job: Job) -> None:
+        if not job.type or (job.id, job.state) in self.said:
+            return
+        self.said.add((job.id, job.state))
+        new = job.release_id == self.release.id
+        if new and job.state == "up":
+            say(f"-----> {job.type} job {job.id[:12]} up (v{self.release.version})")
+        elif not new and job.state == "stopping":
+            say(f"-----> {job.type} job {job.id[:12]} of the previous release retired")
+        elif new and job.state in ENDED_STATES and self.failed is None:
+            self.failed = job
 
 
 # ---------------------------------------------------------------- the hook
