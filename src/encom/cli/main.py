@@ -10,7 +10,7 @@ import httpx
 import pydantic
 
 from encom.api.errors import ApiError
-from encom.cli import apps, clusters, env, jobs, keys, limits, release_commands, routes, scale
+from encom.cli import apps, clusters, env, jobs, keys, limits, meta, release_commands, routes, scale
 from encom.cli.context import Selection, app_options
 from encom.cli.output import CliError
 
@@ -64,6 +64,7 @@ for command in (
     jobs.log,
     env.env_group,
     limits.limit_group,
+    meta.meta_group,
     release_commands.release_group,
     release_commands.deployment_list,
     routes.route_group,

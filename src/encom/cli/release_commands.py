@@ -15,7 +15,7 @@ from encom.cli.context import app_options, call, current_target
 from encom.cli.env import env_lines
 from encom.cli.limits import limit_line
 from encom.cli.output import CliError, age, print_table
-from encom.cli.releases import ReleaseList, description, fetch_releases, release_rows
+from encom.cli.releases import ReleaseList, deploy_release, description, fetch_releases, release_rows
 from encom.controller.client import ControllerClient
 
 VERSION_RE = re.compile(r"^[vV](\d+)$")
@@ -115,10 +115,7 @@ async def plan_rollback(client: ControllerClient, app: str, ref: str | None) -> 
 
 
 async def roll_back(client: ControllerClient, plan: Rollback) -> Deployment:
-    deployment = await client.deploy(plan.app, plan.target.id)
-    if deployment.status == "failed":
-        raise CliError(f"rollback to v{plan.target.version} failed: {deployment.error or 'unknown error'}")
-    return deployment
+    return await deploy_release(client, plan.app, plan.target, "rollback")
 
 
 @click.group("release", invoke_without_command=True)

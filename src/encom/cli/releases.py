@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from encom.api.types import Release, ReleaseCreate
+from encom.api.types import Deployment, Release, ReleaseCreate
 from encom.cli.output import CliError, age
 from encom.controller.client import ControllerClient
 
@@ -31,13 +31,21 @@ EnvChange = Callable[[dict[str, str]], dict[str, str]]
 ReleaseChange = Callable[[Release], ReleaseCreate]
 
 
+async def deploy_release(client: ControllerClient, app: str, release: Release, what: str = "deploy") -> Deployment:
+    """Deploy `release` (counts carried over) and wait until the deployment is complete; an error saying why
+    when it failed (the deployer has then put the previous release back)."""
+    deployment = await client.deploy_and_wait(app, release.id)
+    if deployment.status == "failed":
+        kept = " (the previous release keeps serving)" if deployment.old_release_id else ""
+        raise CliError(f"{what} of v{release.version} failed: {deployment.error or 'unknown error'}{kept}")
+    return deployment
+
+
 async def deploy_changed(client: ControllerClient, app: str, change: ReleaseChange) -> Release:
     """A new release made from the current one by `change`, deployed (counts carried over). Returns it."""
     current = await require_release(client, app)
     new = await client.create_release(change(current))
-    deployment = await client.deploy(app, new.id)
-    if deployment.status == "failed":
-        raise CliError(f"deploy of v{new.version} failed: {deployment.error or 'unknown error'}")
+    await deploy_release(client, app, new)
     return new
 
 
