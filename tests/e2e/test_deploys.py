@@ -241,3 +241,34 @@ def test_release_phase_runs_once_before_traffic(deployer: User, repo: Path, clus
     assert len(ran) == 1, ran
     assert len(started) == 3, started
     assert ran[0].split()[0] < min(line.split()[0] for line in started)  # RFC 3339 UTC times sort as text
+
+
+def failed_push(user: User, repo: Path, cluster: Cluster, change: str, app_json: str) -> str:
+    """Push a commit with this app.json; the push must fail, the current release keep serving, the commit go."""
+    before = user.encom("release", cwd=repo).out
+    (repo / "app.json").write_text(app_json)
+    commit(user, repo, change)
+    try:
+        with steady_load(cluster) as load:
+            failed = user.fails("git", "push", "encom", "master", cwd=repo, timeout=300)
+        assert_no_failures(load, change)
+        assert "Application deployed" not in failed.err
+        assert current_row(before) == current_row(user.encom("release", cwd=repo).out)
+        assert answers(cluster) == {"version=v5 greeting=none"}
+        return failed.err
+    finally:
+        user.ok("git", "reset", "-q", "--hard", "HEAD~1", cwd=repo)
+
+
+def test_bad_app_json_is_refused(deployer: User, repo: Path, cluster: Cluster) -> None:
+    out = failed_push(deployer, repo, cluster, "broken app.json", '{"healthchecks": {"web": [{"path": "/"}]}\n')
+    assert "app.json is not valid JSON" in out, out
+    out = failed_push(deployer, repo, cluster, "unknown type", '{"healthchecks": {"wbe": [{"path": "/"}]}}\n')
+    assert 'app.json: healthchecks names unknown process type "wbe"' in out, out
+
+
+def test_a_health_check_that_never_passes_is_rolled_back(deployer: User, repo: Path, cluster: Cluster) -> None:
+    never = '{"healthchecks": {"web": [{"path": "/missing", "attempts": 2, "timeout": 1, "wait": 1}]}}\n'
+    out = failed_push(deployer, repo, cluster, "a check that never passes", never)
+    assert "Deploy failed: web job" in out and "health check (http" in out, out
+    assert "HTTP 404 from /missing, expected 200" in out, out
