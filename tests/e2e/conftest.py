@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +22,7 @@ from encom.host.process import zombie_children
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 PORT_BASE = 30000
+RATE = 50.0  # requests per second of a steady load, sent on schedule whatever the answers (open loop)
 
 
 @dataclass
@@ -192,6 +196,73 @@ def curl(port: int, host: str, path: str = "/") -> tuple[int, str]:
     )
     body, _, code = proc.stdout.rpartition("\n")
     return int(code or 0), body
+
+
+@dataclass
+class SteadyLoad:
+    """Requests through the router at a fixed rate from a background thread; every answer but a 200 (or no
+    answer within 5 s) is a failure."""
+
+    port: int
+    host: str
+    bodies: list[str] = field(default_factory=list)
+    failures: Counter[str] = field(default_factory=Counter)
+    stop: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def one(self) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        try:
+            conn.request("GET", "/", headers={"Host": self.host})
+            response = conn.getresponse()
+            body = response.read().decode(errors="replace")
+            with self.lock:
+                if response.status == 200:
+                    self.bodies.append(body)
+                else:
+                    self.failures[f"HTTP {response.status}"] += 1
+        except OSError as exc:
+            with self.lock:
+                self.failures[type(exc).__name__] += 1
+        finally:
+            conn.close()
+
+    def run(self) -> None:
+        started, sent, workers = time.monotonic(), 0, []
+        while not self.stop.is_set():
+            due = started + sent / RATE
+            time.sleep(max(0.0, due - time.monotonic()))
+            worker = threading.Thread(target=self.one, daemon=True)
+            worker.start()
+            workers.append(worker)
+            sent += 1
+        for worker in workers:
+            worker.join(10)
+
+    @property
+    def total(self) -> int:
+        return len(self.bodies) + sum(self.failures.values())
+
+
+@contextlib.contextmanager
+def steady_load_on(cluster: Cluster, host: str) -> Iterator[SteadyLoad]:
+    """Steady load through the router to `host` for the duration of the block (plus 1 s before and after)."""
+    load = SteadyLoad(cluster.router_port, host)
+    thread = threading.Thread(target=load.run, daemon=True)
+    thread.start()
+    time.sleep(1.0)  # load before the change, too
+    try:
+        yield load
+    finally:
+        time.sleep(1.0)  # and after it
+        load.stop.set()
+        thread.join(20)
+
+
+def assert_no_failures(load: SteadyLoad, what: str) -> None:
+    assert load.total >= RATE * 2, f"only {load.total} requests were sent during {what}"
+    failed = sum(load.failures.values())
+    assert not failed, f"{failed} of {load.total} requests failed during {what}: {dict(load.failures)}"
 
 
 @pytest.fixture(scope="session")

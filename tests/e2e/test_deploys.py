@@ -6,91 +6,20 @@ Tests run in file order and build on each other (one app on the session's cluste
 
 from __future__ import annotations
 
-import http.client
 import re
-import threading
-import time
-from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Cluster, User, curl, make_user
+from tests.e2e.conftest import Cluster, SteadyLoad, User, assert_no_failures, curl, make_user, steady_load_on
 
 pytestmark = pytest.mark.e2e
 
 APP = "deploys"
 HOST = f"{APP}.encom.localhost"  # the default route
-RATE = 50.0  # requests per second, sent on schedule whatever the answers (open loop)
 PROCFILE = "web: echo web-start $ENCOM_RELEASE_ID; exec gunicorn --bind 0.0.0.0:$PORT --workers 2 app:app\n"
-
-
-@dataclass
-class SteadyLoad:
-    """Requests through the router at a fixed rate from a background thread; every answer but a 200 (or no
-    answer within 5 s) is a failure."""
-
-    port: int
-    bodies: list[str] = field(default_factory=list)
-    failures: Counter[str] = field(default_factory=Counter)
-    stop: threading.Event = field(default_factory=threading.Event)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def one(self) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
-        try:
-            conn.request("GET", "/", headers={"Host": HOST})
-            response = conn.getresponse()
-            body = response.read().decode(errors="replace")
-            with self.lock:
-                if response.status == 200:
-                    self.bodies.append(body)
-                else:
-                    self.failures[f"HTTP {response.status}"] += 1
-        except OSError as exc:
-            with self.lock:
-                self.failures[type(exc).__name__] += 1
-        finally:
-            conn.close()
-
-    def run(self) -> None:
-        started, sent, workers = time.monotonic(), 0, []
-        while not self.stop.is_set():
-            due = started + sent / RATE
-            time.sleep(max(0.0, due - time.monotonic()))
-            worker = threading.Thread(target=self.one, daemon=True)
-            worker.start()
-            workers.append(worker)
-            sent += 1
-        for worker in workers:
-            worker.join(10)
-
-    @property
-    def total(self) -> int:
-        return len(self.bodies) + sum(self.failures.values())
-
-
-@contextmanager
-def steady_load(cluster: Cluster) -> Iterator[SteadyLoad]:
-    load = SteadyLoad(cluster.router_port)
-    thread = threading.Thread(target=load.run, daemon=True)
-    thread.start()
-    time.sleep(1.0)  # load before the change, too
-    try:
-        yield load
-    finally:
-        time.sleep(1.0)  # and after it
-        load.stop.set()
-        thread.join(20)
-
-
-def assert_no_failures(load: SteadyLoad, what: str) -> None:
-    assert load.total >= RATE * 2, f"only {load.total} requests were sent during {what}"
-    failed = sum(load.failures.values())
-    assert not failed, f"{failed} of {load.total} requests failed during {what}: {dict(load.failures)}"
 
 
 def answers(cluster: Cluster, n: int = 20) -> set[str]:
@@ -272,3 +201,9 @@ def test_a_health_check_that_never_passes_is_rolled_back(deployer: User, repo: P
     out = failed_push(deployer, repo, cluster, "a check that never passes", never)
     assert "Deploy failed: web job" in out and "health check (http" in out, out
     assert "HTTP 404 from /missing, expected 200" in out, out
+
+
+@contextmanager
+def steady_load(cluster: Cluster) -> Iterator[SteadyLoad]:
+    with steady_load_on(cluster, HOST) as load:
+        yield load

@@ -58,9 +58,9 @@ class PlaysScheduler:
 
     async def report(self, job: Job, state: str) -> Job:
         job = job.model_copy(update={"state": state, "updated_at": utcnow()})
-        await self.client.put_job(job)
-        if state in ("up", "stopping", "crashed"):
+        if state in ("up", "stopping", "crashed"):  # logged first: the deployer may act on the report at once
             self.log.append(f"v{self.versions[job.release_id]} {job.type} {state}")
+        await self.client.put_job(job)
         return job
 
 
