@@ -33,6 +33,7 @@ from encom.cli.main import cli
 from encom.controller.client import ControllerClient
 from encom.controller.service import run
 from tests.integration.roles import free_port
+from tests.unit.test_routes_tls import tls_pair
 
 pytestmark = pytest.mark.integration
 
@@ -258,9 +259,19 @@ def test_env_and_releases(cluster: Cluster) -> None:
     assert releases[1].endswith("Unset A") and releases[2].endswith("Set A, B")
 
 
+def route_table(app: str) -> dict[str, list[str]]:
+    """`encom route` as {ID: cells}, after checking the header."""
+    table = ok("route", "-a", app).splitlines()
+    assert table[0].split() == ["TYPE", "DOMAIN/PORT", "PATH", "SERVICE", "STICKY", "TLS", "ID"]
+    return {line.split()[-1]: line.split() for line in table[1:]}
+
+
 def test_routes(cluster: Cluster) -> None:
     add_cluster(cluster)
     ok("create", "example")
+    assert 'need its "/" route first' in fails("route", "add", "http", "-a", "example", "example.com/api")
+    root = ok("route", "add", "http", "-a", "example", "example.com")
+    assert re.fullmatch(r"http/[0-9a-f-]+\n", root), root
     added = ok("route", "add", "http", "-a", "example", "--sticky", "example.com/api")
     assert re.fullmatch(r"http/[0-9a-f-]+\n", added), added
     ref = added.strip()
@@ -269,18 +280,70 @@ def test_routes(cluster: Cluster) -> None:
     match = re.fullmatch(r"(tcp/[0-9a-f-]+) listening on port 3333\n", tcp)
     assert match, tcp
 
-    table = ok("route", "-a", "example").splitlines()
-    assert table[0].split() == ["ROUTE", "SERVICE", "ID", "STICKY", "PATH"]
-    rows = {line.split()[2]: line.split() for line in table[1:]}
-    assert rows[ref] == ["http:example.com", "example-web", ref, "true", "/api/"]
-    assert rows[match.group(1)] == ["tcp:3333", "example-web", match.group(1), "false"]
-    assert any(r[0] == "http:example.encom.localhost" for r in rows.values())
+    rows = route_table("example")
+    assert rows[ref] == ["http", "example.com", "/api/", "example-web", "true", "default", ref]
+    assert rows[root.strip()] == ["http", "example.com", "/", "example-web", "false", "default", root.strip()]
+    assert rows[match.group(1)] == ["tcp", "3333", "-", "example-web", "false", "-", match.group(1)]
+    assert any(r[1] == "example.encom.localhost" for r in rows.values())
 
     assert ok("route", "remove", "-a", "example", ref) == f"Route {ref} removed.\n"
     bare = match.group(1).split("/", 1)[1]
     assert ok("route", "remove", "-a", "example", bare) == f"Route {bare} removed.\n"
-    assert len(ok("route", "-a", "example").splitlines()) == 2
+    assert len(ok("route", "-a", "example").splitlines()) == 3
     assert fails("route", "remove", "-a", "example", ref).startswith("error: ")
+
+
+def test_route_certificates_and_update(cluster: Cluster) -> None:
+    add_cluster(cluster)
+    ok("create", "example")
+    cert, key = tls_pair("www.example.com")
+    (cluster.home / "cert.pem").write_text(cert)
+    (cluster.home / "key.pem").write_text(key)
+    other_cert, other_key = tls_pair("*.example.com")
+    (cluster.home / "other.pem").write_text(other_cert)
+    (cluster.home / "other-key.pem").write_text(other_key)
+
+    assert fails("route", "add", "http", "-a", "example", "-c", "missing.pem", "-k", "key.pem", "www.example.com") == (
+        'error: certificate file "missing.pem" does not exist\n'
+    )
+    assert fails("route", "add", "http", "-a", "example", "-c", "cert.pem", "www.example.com") == (
+        "error: a certificate needs its key: give both -c CERT.pem and -k KEY.pem\n"
+    )
+    assert fails(
+        "route", "add", "http", "-a", "example", "-c", "cert.pem", "-k", "other-key.pem", "www.example.com"
+    ) == ("error: certificate does not match its key\n")
+    assert fails("route", "add", "http", "-a", "example", "-c", "cert.pem", "-k", "key.pem", "api.example.com") == (
+        'error: certificate is not valid for "api.example.com" (it covers: www.example.com)\n'
+    )
+    ref = ok("route", "add", "http", "-a", "example", "-c", "cert.pem", "-k", "key.pem", "www.example.com").strip()
+    api = ok("route", "add", "http", "--cluster", "local", "-a", "example", "api.example.com").strip()
+    rows = route_table("example")
+    assert rows[ref][1:] == ["www.example.com", "/", "example-web", "false", "own", ref]
+    assert rows[api][5] == "default"
+
+    assert ok("route", "update", "-a", "example", api, "-c", "other.pem", "-k", "other-key.pem", "--sticky") == (
+        f"Updated {api}\n"
+    )
+    bare = ref.split("/", 1)[1]
+    assert ok("route", "update", "-a", "example", bare, "--remove-cert", "-s", "example-admin-web") == (
+        f"Updated {ref}\n"
+    )
+    rows = route_table("example")
+    assert rows[api][1:] == ["api.example.com", "/", "example-web", "true", "own", api]
+    assert rows[ref][1:] == ["www.example.com", "/", "example-admin-web", "false", "default", ref]
+    assert ok("route", "update", "-a", "example", api, "--no-sticky") == f"Updated {api}\n"
+    assert route_table("example")[api][4] == "false"
+
+    assert "nothing to update" in fails("route", "update", "-a", "example", api)
+    assert "--remove-cert cannot go with -c/-k" in fails(
+        "route", "update", "-a", "example", api, "--remove-cert", "-c", "cert.pem", "-k", "key.pem"
+    )
+    assert fails("route", "update", "-a", "example", api, "-c", "cert.pem", "-k", "key.pem") == (
+        'error: certificate is not valid for "api.example.com" (it covers: www.example.com)\n'
+    )
+    assert 'route "http/nope" not found' in fails("route", "update", "-a", "example", "http/nope", "--sticky")
+    tcp = ok("route", "add", "tcp", "-a", "example").split()[0]
+    assert fails("route", "update", "-a", "example", tcp, "--sticky") == "error: sticky is for http routes\n"
 
 
 def report(cluster: Cluster, release: Release, job_id: str, state: JobState, port: int | None = None) -> None:

@@ -28,6 +28,7 @@ from encom.api.types import (
     Release,
     ReleaseCreate,
     RouteCreate,
+    RouteUpdate,
     utcnow,
 )
 from encom.bootstrap.tls import ensure_tls
@@ -35,6 +36,7 @@ from encom.controller.client import ControllerClient
 from tests.integration.conftest import PORTS, running_controller
 from tests.integration.deploys import deploy, scheduler
 from tests.integration.roles import free_port, free_ports
+from tests.unit.test_routes_tls import tls_pair
 
 pytestmark = pytest.mark.integration
 T = TypeVar("T")
@@ -261,6 +263,9 @@ async def test_jobs_upsert_and_list(client: ControllerClient) -> None:
 
 async def test_routes(client: ControllerClient, settings: Settings) -> None:
     await client.create_app("example")
+    early = await expect_error(400, client.create_route("example", RouteCreate(domain="example.localhost", path="api")))
+    assert early.message == 'path routes of "example.localhost" need its "/" route first'
+    root = await client.create_route("example", RouteCreate(domain="example.localhost"))
     route = await client.create_route("example", RouteCreate(domain="example.localhost", path="api"))
     assert (route.path, route.service) == ("/api/", "example-web")
     dup = await expect_error(409, client.create_route("example", RouteCreate(domain="example.localhost", path="/api/")))
@@ -277,17 +282,158 @@ async def test_routes(client: ControllerClient, settings: Settings) -> None:
     assert (tcp1.port, tcp2.port) == (start, start + 1)
     explicit = await client.create_route("example", RouteCreate(type="tcp", port=start + 10))
     assert explicit.port == start + 10
-    await expect_error(409, client.create_route("example", RouteCreate(type="tcp", port=start + 10)))
-    await expect_error(
+    taken = await expect_error(409, client.create_route("example", RouteCreate(type="tcp", port=start + 10)))
+    assert f"tcp port {start + 10} is already routed" in taken.message
+    outside = await expect_error(
         400, client.create_route("example", RouteCreate(type="tcp", port=settings.ports.tcp_route_end + 1))
     )
+    assert "outside the range" in outside.message
+    sticky = await expect_error(400, client.create_route("example", RouteCreate(type="tcp", sticky=True)))
+    assert sticky.message == "sticky is for http routes"
+    path = await expect_error(400, client.create_route("example", RouteCreate(type="tcp", path="/x")))
+    assert path.message == "a path is only for http routes"
+    port = await expect_error(400, client.create_route("example", RouteCreate(domain="x.localhost", port=start + 20)))
+    assert port.message == "port is only for tcp routes"
 
-    assert len(await client.list_routes("example")) == 6
+    assert len(await client.list_routes("example")) == 7
+    # The "/" route goes only after the domain's path routes.
+    first = await expect_error(400, client.delete_route("example", root.ref))
+    assert first.message == '"example.localhost" still has 1 path route(s): remove them before its "/" route'
     await client.delete_route("example", f"http/{route.id}")
+    await client.delete_route("example", root.ref)
     await client.delete_route("example", tcp1.id)
     await expect_error(404, client.delete_route("example", f"tcp/{wildcard.id}"))
     assert (await client.create_route("example", RouteCreate(type="tcp"))).port == start
     assert {r.id for r in await client.all_routes()} >= {tcp2.id, wildcard.id, explicit.id}
+
+
+async def test_route_certificates(client: ControllerClient) -> None:
+    await client.create_app("example")
+    cert, key = tls_pair("shop.example.com", "www.example.com")
+    since = await client.last_event_id()
+    route = await client.create_route("example", RouteCreate(domain="www.example.com", certificate=cert, key=key))
+    assert (route.certificate, route.key) == (cert, key)
+    [event] = await collect(client, 1, last_event_id=since)
+    # The key stays out of the event log (events are kept and streamed); `GET /routes` carries it.
+    assert (event.object_type, event.data["certificate"], event.data["key"]) == ("route", cert, None)
+    listed = {r.id: r for r in await client.list_routes("example")}
+    assert listed[route.id].certificate == cert and listed[route.id].key == key
+    assert {r.id: r for r in await client.all_routes()}[route.id].certificate == cert
+
+    wildcard_cert, wildcard_key = tls_pair("*.example.com")
+    api = RouteCreate(domain="api.example.com", certificate=wildcard_cert, key=wildcard_key)
+    assert (await client.create_route("example", api)).certificate == wildcard_cert
+    star = RouteCreate(domain="*.example.com", certificate=wildcard_cert, key=wildcard_key)
+    assert (await client.create_route("example", star)).certificate == wildcard_cert
+    apex = RouteCreate(domain="example.com", certificate=wildcard_cert, key=wildcard_key)
+    wrong = await expect_error(400, client.create_route("example", apex))
+    assert wrong.message == 'certificate is not valid for "example.com" (it covers: *.example.com)'
+    deep = RouteCreate(domain="a.b.example.com", certificate=wildcard_cert, key=wildcard_key)
+    await expect_error(400, client.create_route("example", deep))
+
+    other = RouteCreate(domain="shop.example.com", certificate=cert, key=wildcard_key)
+    mismatch = await expect_error(400, client.create_route("example", other))
+    assert mismatch.message == "certificate does not match its key"
+    garbage = RouteCreate(domain="shop.example.com", certificate="-----BEGIN CERTIFICATE-----\nxx\n", key=key)
+    assert "not a PEM certificate" in (await expect_error(400, client.create_route("example", garbage))).message
+    bad_key = RouteCreate(domain="shop.example.com", certificate=cert, key="nope")
+    assert (await expect_error(400, client.create_route("example", bad_key))).message == "key is not a PEM private key"
+    alone = await expect_error(
+        400, client.create_route("example", RouteCreate(domain="shop.example.com", certificate=cert))
+    )
+    assert alone.message == "a certificate needs its key"
+    keyless = await expect_error(400, client.create_route("example", RouteCreate(domain="shop.example.com", key=key)))
+    assert keyless.message == "a key needs its certificate"
+    tcp = await expect_error(400, client.create_route("example", RouteCreate(type="tcp", certificate=cert, key=key)))
+    assert tcp.message == "certificates are for http routes"
+    assert all(r.domain != "shop.example.com" for r in await client.list_routes("example"))  # nothing stored
+
+
+async def test_route_update(client: ControllerClient) -> None:
+    await client.create_app("example")
+    await client.create_app("other")
+    route = await client.create_route("example", RouteCreate(domain="www.example.com"))
+    tcp = await client.create_route("example", RouteCreate(type="tcp"))
+    since = await client.last_event_id()
+
+    updated = await client.update_route("example", route.ref, RouteUpdate(service="example-admin-web", sticky=True))
+    assert (updated.id, updated.service, updated.sticky, updated.certificate) == (
+        route.id, "example-admin-web", True, None,
+    )  # fmt: skip
+    assert updated.updated_at > route.updated_at and updated.created_at == route.created_at
+    cert, key = tls_pair("www.example.com")
+    with_cert = await client.update_route("example", route.id, RouteUpdate(certificate=cert, key=key))
+    assert (with_cert.certificate, with_cert.key, with_cert.service, with_cert.sticky) == (
+        cert, key, "example-admin-web", True,
+    )  # fmt: skip
+    unchanged = await client.update_route("example", route.id, RouteUpdate(sticky=False))
+    assert (unchanged.certificate, unchanged.sticky) == (cert, False)
+    removed = await client.update_route("example", route.id, RouteUpdate(certificate="", key=""))
+    assert (removed.certificate, removed.key) == (None, None)
+
+    events = await collect(client, 4, last_event_id=since)
+    assert [(e.object_type, e.object_id) for e in events] == [("route", route.id)] * 4
+    assert [e.data["sticky"] for e in events] == [True, True, False, False]
+    assert events[1].data["certificate"] == cert and events[3].data["certificate"] is None
+    assert {r.id: r for r in await client.all_routes()}[route.id] == removed
+
+    wrong_cert, wrong_key = tls_pair("elsewhere.com")
+    wrong = await expect_error(
+        400, client.update_route("example", route.id, RouteUpdate(certificate=wrong_cert, key=wrong_key))
+    )
+    assert wrong.message == 'certificate is not valid for "www.example.com" (it covers: elsewhere.com)'
+    half = await expect_error(400, client.update_route("example", route.id, RouteUpdate(certificate="", key=key)))
+    assert half.message == "a key needs its certificate"
+    assert (await expect_error(400, client.update_route("example", tcp.ref, RouteUpdate(sticky=True)))).message == (
+        "sticky is for http routes"
+    )
+    tcp_cert = await expect_error(400, client.update_route("example", tcp.id, RouteUpdate(certificate=cert, key=key)))
+    assert tcp_cert.message == "certificates are for http routes"
+    assert (await client.update_route("example", tcp.ref, RouteUpdate(service="example-db"))).service == "example-db"
+    empty = await expect_error(400, client.update_route("example", route.id, RouteUpdate(service=" ")))
+    assert "service" in empty.message
+
+    missing = await expect_error(404, client.update_route("example", "http/no-such-id", RouteUpdate(sticky=True)))
+    assert missing.message == 'route "http/no-such-id" not found'
+    await expect_error(404, client.update_route("other", route.ref, RouteUpdate(sticky=True)))
+    await expect_error(404, client.update_route("example", f"tcp/{route.id}", RouteUpdate(sticky=True)))
+    await expect_error(404, client.update_route("nosuch", route.ref, RouteUpdate(sticky=True)))
+    assert {r.id: r for r in await client.all_routes()}[route.id] == removed  # failed updates changed nothing
+
+
+async def test_redirect_https_follows_the_app_meta(client: ControllerClient) -> None:
+    app = await client.create_app("example")
+    await client.create_app("other")
+    default = (await client.list_routes("example"))[0]
+    www = await client.create_route("example", RouteCreate(domain="www.example.com"))
+    tcp = await client.create_route("example", RouteCreate(type="tcp"))
+    assert not any(r.redirect_https for r in await client.all_routes())
+
+    since = await client.last_event_id()
+    await client.update_app("example", {"redirect_https": "true"})
+    events = await collect(client, 3, last_event_id=since)
+    assert [e.object_type for e in events] == ["app", "route", "route"]
+    assert {e.object_id: e.data["redirect_https"] for e in events[1:]} == {default.id: True, www.id: True}
+    assert all(e.app_id == app.id for e in events)
+    listed = {r.id: r.redirect_https for r in await client.all_routes()}
+    assert listed[default.id] and listed[www.id] and not listed[tcp.id]
+    assert not any(r.redirect_https for r in await client.list_routes("other"))
+    created = await client.create_route("example", RouteCreate(domain="new.example.com"))
+    assert created.redirect_https
+
+    # Setting the same value again changes no route; another meta key neither.
+    since = await client.last_event_id()
+    await client.update_app("example", {"redirect_https": "true", "strategy": "all-at-once"})
+    await client.update_app("example", {"redirect_https": None})
+    events = await collect(client, 5, last_event_id=since)
+    assert [e.object_type for e in events] == ["app", "app", "route", "route", "route"]
+    assert not any(e.data["redirect_https"] for e in events[2:])
+    assert not any(r.redirect_https for r in await client.list_routes("example"))
+
+    bad = await expect_error(400, client.update_app("example", {"redirect_https": "yes"}))
+    assert bad.message == 'redirect_https must be "true" or "false", not "yes"'
+    await client.update_app("example", {"redirect_https": "false"})
+    assert not any(r.redirect_https for r in await client.list_routes("example"))
 
 
 # ---------------------------------------------------------------- app deletion

@@ -86,8 +86,8 @@ def test_split_domain_path() -> None:
 def test_route_rows() -> None:
     http = Route(id="u1", app_id="a", type="http", domain="x.localhost", service="a-web", created_at=T0, updated_at=T0)
     tcp = Route(id="u2", app_id="a", type="tcp", port=3001, service="a-web", sticky=True, created_at=T0, updated_at=T0)
-    assert route_row(http) == ["http:x.localhost", "a-web", "http/u1", "false", "/"]
-    assert route_row(tcp) == ["tcp:3001", "a-web", "tcp/u2", "true", ""]
+    assert route_row(http) == ["http", "x.localhost", "/", "a-web", "false", "default", "http/u1"]
+    assert route_row(tcp) == ["tcp", "3001", "-", "a-web", "true", "-", "tcp/u2"]
 
 
 def test_counts_cover_every_process_type_of_the_release() -> None:

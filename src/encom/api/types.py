@@ -213,7 +213,18 @@ class RouteCreate(Wire):
     path: str = "/"  # http only
     port: int | None = None  # tcp only; allocated from the TCP range when omitted
     service: str | None = None  # defaults to "<app>-web"
-    sticky: bool = False
+    sticky: bool = False  # http only: pin a client to a backend by cookie
+    certificate: str | None = None  # http only: PEM chain served by SNI for the domain (with `key`)
+    key: str | None = None  # PEM private key of `certificate`
+
+
+class RouteUpdate(Wire):
+    """`route update`: the fields given change; domain, path, port and type never do."""
+
+    service: str | None = None
+    sticky: bool | None = None
+    certificate: str | None = None  # with `key`; both "" remove the route's own certificate
+    key: str | None = None
 
 
 class Route(Wire):
@@ -225,6 +236,9 @@ class Route(Wire):
     port: int | None = None
     service: str
     sticky: bool = False
+    certificate: str | None = None  # the route's own TLS certificate (PEM chain), chosen by SNI
+    key: str | None = None  # its private key (the API is the cluster's admin API; never logged)
+    redirect_https: bool = False  # from the app's meta `redirect_https=true`: plain HTTP gets a 301 to https
     created_at: datetime
     updated_at: datetime
 

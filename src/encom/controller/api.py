@@ -43,6 +43,7 @@ from encom.api.types import (
     ReleaseCreate,
     Route,
     RouteCreate,
+    RouteUpdate,
 )
 from encom.controller import apps, convert, deployments, formations, jobs, keys, limits, logs, releases, routes
 from encom.controller.db import Database
@@ -238,6 +239,11 @@ def _routes(router: APIRouter, ctl: Controller) -> None:
     def list_app_routes(app: str) -> list[Route]:
         with db.read() as s:
             return routes.list_routes(s, apps.find_app(s, app).id)
+
+    @router.patch("/apps/{app}/routes/{route_ref:path}")
+    def update_route(app: str, route_ref: str, body: RouteUpdate) -> Route:
+        with db.write() as s:
+            return routes.update_route(s, apps.find_app(s, app, lock=True), route_ref, body)
 
     @router.delete("/apps/{app}/routes/{route_ref:path}", status_code=204)
     def delete_route(app: str, route_ref: str) -> Response:

@@ -65,6 +65,8 @@ def _check_meta_entry(key: str, value: str) -> None:
         raise ValidationError(f'unknown deploy strategy "{value}" (expected one of: {", ".join(STRATEGIES)})')
     if key == "stop_grace":
         _check_stop_grace(value)
+    if key == routes.REDIRECT_HTTPS and value not in ("true", "false"):
+        raise ValidationError(f'{routes.REDIRECT_HTTPS} must be "true" or "false", not "{value}"')
 
 
 def update_app(session: Session, ref: str, body: AppUpdate) -> App:
@@ -79,11 +81,14 @@ def update_app(session: Session, ref: str, body: AppUpdate) -> App:
             meta[key] = value
     if len(meta) > MAX_META_KEYS:
         raise ValidationError(f"an app has at most {MAX_META_KEYS} meta keys")
+    redirected = routes.redirects_https(row.meta)
     row.meta = meta
     row.updated_at = utcnow()
     session.flush()
     app = convert.app(row)
     events.record(session, "app", row.id, app, row.id)
+    if routes.redirects_https(meta) != redirected:
+        routes.record_http_routes(session, row)  # the router follows route events, not app events
     return app
 
 

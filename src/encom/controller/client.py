@@ -5,8 +5,10 @@ API (errors are {"code", "message"}: 400 validation_error, 401 unauthorized, 404
   POST   /apps                    AppCreate         -> 201 App (also creates route http <name>.<domain>)
   GET    /apps                                      -> list[App] (by name)
   GET    /apps/{app}                                -> App          ({app} is an id or a name, everywhere)
-  PATCH  /apps/{app}               AppUpdate         -> App: meta merged (null removes a key); `strategy` and
-                                                       `stop_grace` are checked (400 naming the bad value)
+  PATCH  /apps/{app}               AppUpdate         -> App: meta merged (null removes a key); `strategy`,
+                                                       `stop_grace` and `redirect_https` (true|false) are
+                                                       checked (400 naming the bad value); a change of
+                                                       `redirect_https` makes a `route` event per http route
   DELETE /apps/{app}                                -> AppDeleted   (formations scaled to 0, routes and releases gone)
   POST   /keys                    KeyCreate         -> 201 Key (400 not an ssh public key; 409 exists)
   GET    /keys                                      -> list[Key]
@@ -35,9 +37,16 @@ API (errors are {"code", "message"}: 400 validation_error, 401 unauthorized, 404
   GET    /apps/{app}/jobs[?all=true]                -> list[Job] (active ones unless all)
   GET    /jobs[?all=true]                           -> list[Job] across apps (the scheduler's view)
   PUT    /jobs/{job_id}           Job               -> Job (upsert; the scheduler reports states here)
-  POST   /apps/{app}/routes       RouteCreate       -> 201 Route (409 `Duplicate route`)
-  GET    /apps/{app}/routes                         -> list[Route]
-  DELETE /apps/{app}/routes/{route_id}              -> 204 (route_id may be "<type>/<uuid>" or "<uuid>")
+  POST   /apps/{app}/routes       RouteCreate       -> 201 Route (409 `Duplicate route` or a taken tcp port;
+                                                       400 naming the problem: bad domain or path, tcp port outside
+                                                       the range, a path route before its domain's "/" route,
+                                                       sticky/certificate on tcp, a certificate that does not parse,
+                                                       match its key or cover the domain)
+  GET    /apps/{app}/routes                         -> list[Route] (`redirect_https` from the app's meta)
+  PATCH  /apps/{app}/routes/{route_id} RouteUpdate  -> Route: service, sticky, certificate + key (both "" remove
+                                                       it) as given; a `route` event; 404 for another app's route
+  DELETE /apps/{app}/routes/{route_id}              -> 204 (route_id may be "<type>/<uuid>" or "<uuid>"; a "/"
+                                                       route goes only after its domain's path routes)
   GET    /routes                                    -> list[Route] across apps (the router's view)
   GET    /apps/{app}/log?lines=N[&process_type=T]   -> list[LogLine], oldest first (fan-in from every host)
   GET    /events/last                               -> {"id": N}: the newest event id (0 when none)
@@ -77,6 +86,7 @@ from encom.api.types import (
     ReleaseCreate,
     Route,
     RouteCreate,
+    RouteUpdate,
 )
 
 
@@ -206,6 +216,9 @@ class ControllerClient(ApiClient):
 
     async def all_routes(self) -> list[Route]:
         return await self.get_list(Route, "/routes")
+
+    async def update_route(self, app: str, route_ref: str, update: RouteUpdate) -> Route:
+        return await self.send_model("PATCH", Route, f"/apps/{app}/routes/{route_ref}", update)
 
     async def delete_route(self, app: str, route_id: str) -> None:
         await self.request("DELETE", f"/apps/{app}/routes/{route_id}")

@@ -150,6 +150,8 @@ class RouteRow(Base):
     port: Mapped[int | None]
     service: Mapped[str] = mapped_column(String(128))
     sticky: Mapped[bool] = mapped_column(default=False)
+    certificate: Mapped[str | None] = mapped_column(Text)  # the route's own PEM chain (http only)
+    key: Mapped[str | None] = mapped_column(Text)  # its private key (PEM)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
