@@ -42,13 +42,13 @@ ROLE_PORTS = (24000, 24099)  # role APIs of the wiring test
 _created = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-def http_route(domain: str, service: str, path: str = "/", app_id: str = "app") -> Route:
+def http_route(domain: str, service: str, path: str = "/", app_id: str = "app", **kw: object) -> Route:
     global _created
     _created += timedelta(seconds=1)
-    rid = f"{domain}{path}".replace("/", "_")
+    rid = f"{domain}{path}".replace("/", "_").replace("*", "star")
     return Route(
         id=rid, app_id=app_id, type="http", domain=domain, path=path, service=service,
-        created_at=_created, updated_at=_created,
+        created_at=_created, updated_at=_created, **kw,  # type: ignore[arg-type]
     )  # fmt: skip
 
 
@@ -581,6 +581,16 @@ async def test_role_follows_controller_routes_and_discoverd_backends(tmp_path: P
 
             await eventually(custom_domain_routed, "a route event to add a domain")
 
+            from tests.unit.test_routes_tls import tls_pair
+
+            cert, key = tls_pair("shop.example.test")
+            await cc.create_route(app.name, RouteCreate(domain="shop.example.test", certificate=cert, key=key))
+
+            async def own_cert_served() -> bool:  # the event carries no key: the router reads it from the routes
+                return (await served_cert("shop.example.test"))[0] == "shop.example.test"
+
+            await eventually(own_cert_served, "a route's own certificate to be served by SNI")
+
             await cc.create_app("late")
             await dc.register("late-web", "three", InstanceRegistration(addr=one.addr))
 
@@ -597,3 +607,366 @@ async def test_role_follows_controller_routes_and_discoverd_backends(tmp_path: P
                 return codes == {404}
 
             await eventually(gone, "deleting the app to remove its routes")
+
+
+# ---------------------------------------------------------------- sticky sessions
+
+
+def sticky_cookie(response: httpx.Response) -> str | None:
+    """The value of the `encom_sticky` cookie the response sets, if any."""
+    for header in response.headers.get_list("set-cookie"):
+        name, _, rest = header.partition("=")
+        if name.strip() == "encom_sticky":
+            return rest.split(";", 1)[0]
+    return None
+
+
+async def test_sticky_route_pins_a_client_and_moves_it_when_its_server_goes(
+    router: Router, backends: MakeBackends
+) -> None:
+    a, b = await backends(2)
+    plain = (await backends(1))[0]
+    await router.set_routes([http_route("sticky.test", "sticky-web", sticky=True), http_route("plain.test", "p-web")])
+    await router.set_backends("sticky-web", [a.addr, b.addr])  # runtime-added servers
+    await router.backend_up("p-web", plain.addr)
+
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{HTTP_PORT}", timeout=5.0) as jar:
+        first = await get(jar, "sticky.test")
+        pinned = first.json()["port"]
+        cookie = sticky_cookie(first)
+        assert cookie, first.headers
+        assert "httponly" in first.headers["set-cookie"].lower()
+        for _ in range(20):
+            response = await get(jar, "sticky.test")
+            assert response.json()["port"] == pinned
+            assert sticky_cookie(response) is None, "a valid cookie is not set again"
+        assert "encom_sticky" not in response.json()["headers"].get("cookie", ""), "the cookie stays with HAProxy"
+
+        # without a cookie, clients spread over both servers, each with its own stable cookie
+        cookies: dict[int, str] = {}
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{HTTP_PORT}", timeout=5.0) as fresh:
+            for _ in range(40):
+                fresh.cookies.clear()
+                response = await get(fresh, "sticky.test")
+                value = sticky_cookie(response)
+                assert value is not None
+                assert cookies.setdefault(response.json()["port"], value) == value
+        assert set(cookies) == {a.port, b.port} and cookies[pinned] == cookie
+
+        # the pinned server leaves: the next request goes to the other one, which pins the client anew
+        other = b if pinned == a.port else a
+        await router.set_backends("sticky-web", [other.addr])
+        moved = await get(jar, "sticky.test")
+        assert moved.json()["port"] == other.port
+        assert sticky_cookie(moved) == cookies[other.port]
+        for _ in range(5):
+            response = await get(jar, "sticky.test")
+            assert response.json()["port"] == other.port and sticky_cookie(response) is None
+
+        # a server that comes back at runtime gets its old cookie back (same address, same cookie)
+        gone = a if other is b else b
+        await router.backend_up("sticky-web", gone.addr)
+        response = await jar.get("/", headers={"Host": "sticky.test", "Cookie": f"encom_sticky={cookies[gone.port]}"})
+        assert response.json()["port"] == gone.port and sticky_cookie(response) is None
+
+        # non-sticky routes set no cookie
+        for _ in range(5):
+            assert "set-cookie" not in (await get(jar, "plain.test")).headers
+
+    # a reload renders the runtime-added servers into the config file: their cookies must not change
+    reloads = router.reloads
+    await router.add_route(http_route("other.test", "other-web"))
+    assert router.reloads == reloads + 1
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{HTTP_PORT}", timeout=5.0) as fresh:
+        for port, value in cookies.items():
+            response = await fresh.get("/", headers={"Host": "sticky.test", "Cookie": f"encom_sticky={value}"})
+            assert response.json()["port"] == port and sticky_cookie(response) is None
+
+
+async def test_sticky_client_of_a_dead_server_is_redispatched(router: Router, backends: MakeBackends) -> None:
+    live, dying = await backends(2)
+    await router.set_routes([http_route("sd.test", "sd-web", sticky=True)])
+    await router.set_backends("sd-web", [live.addr, dying.addr])
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{HTTP_PORT}", timeout=5.0) as fresh:
+        for _ in range(40):
+            fresh.cookies.clear()
+            response = await get(fresh, "sd.test")
+            if response.json()["port"] == dying.port:
+                break
+        else:
+            pytest.fail("40 new clients never reached the second server")
+        await dying.stop()  # still registered: connections to it are refused
+        response = await get(fresh, "sd.test")
+        assert response.status_code == 200 and response.json()["port"] == live.port
+        assert sticky_cookie(response) is not None, "the client is pinned to the live server"
+        assert (await get(fresh, "sd.test")).json()["port"] == live.port
+
+
+# ---------------------------------------------------------------- HTTPS: route certificates by SNI, redirects
+
+
+def self_signed(name: str) -> tuple[str, str]:
+    """A self-signed certificate for `name` (CN and SAN) and its key, PEM."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.now(UTC) - timedelta(minutes=5)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + timedelta(days=30))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return cert.public_bytes(serialization.Encoding.PEM).decode(), key_pem.decode()
+
+
+def common_name(der: bytes) -> str:
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    value = x509.load_der_x509_certificate(der).subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+    return value if isinstance(value, str) else value.decode()
+
+
+async def served_cert(server_name: str) -> tuple[str, str | None]:
+    """(CN of the certificate the HTTPS frontend serves for SNI `server_name`, the ALPN protocol chosen)."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["h2", "http/1.1"])
+    _, writer = await within(
+        asyncio.open_connection("127.0.0.1", HTTPS_PORT, ssl=ctx, server_hostname=server_name), "a TLS handshake"
+    )
+    try:
+        tls = writer.get_extra_info("ssl_object")
+        return common_name(tls.getpeercert(binary_form=True)), tls.selected_alpn_protocol()
+    finally:
+        writer.close()
+
+
+@pytest.fixture
+async def tls_router(tmp_path: Path) -> AsyncIterator[Router]:
+    """A router with an HTTPS frontend whose default certificate is the cluster wildcard `*.encom.test`."""
+    from encom.bootstrap.tls import create_ca, issue_cert
+
+    tls = tmp_path / "tls"
+    tls.mkdir()
+    create_ca(tls / "ca.pem", tls / "ca-key.pem")
+    issue_cert(tls / "ca.pem", tls / "ca-key.pem", ["encom.test", "*.encom.test"], tls / "c.pem", tls / "k.pem")
+    combined = tls / "combined.pem"
+    combined.write_text((tls / "c.pem").read_text() + (tls / "k.pem").read_text())
+    (tmp_path / "router").mkdir()
+    r = Router(options(tmp_path, https_port=HTTPS_PORT, cert_pem=combined))
+    await within(r.start(), "haproxy to start")
+    try:
+        yield r
+    finally:
+        await within(r.close(), "haproxy to stop")
+
+
+@pytest.fixture
+async def tls_client() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=f"https://127.0.0.1:{HTTPS_PORT}", timeout=5.0, verify=False) as c:
+        yield c
+
+
+async def test_route_certificates_are_served_by_sni(
+    tls_router: Router, tls_client: httpx.AsyncClient, backends: MakeBackends
+) -> None:
+    one, two, wild = (self_signed(n) for n in ("one.example", "two.example", "*.wild.example"))
+    a, b = await backends(2)
+    routes = [
+        http_route("one.example", "one-web", certificate=one[0], key=one[1]),
+        http_route("two.example", "two-web", certificate=two[0], key=two[1]),
+        http_route("*.wild.example", "two-web", certificate=wild[0], key=wild[1]),
+        http_route("app.encom.test", "one-web"),
+    ]
+    await tls_router.set_routes(routes)
+    await tls_router.backend_up("one-web", a.addr)
+    await tls_router.backend_up("two-web", b.addr)
+
+    assert await served_cert("one.example") == ("one.example", "h2")
+    assert await served_cert("two.example") == ("two.example", "h2")
+    assert await served_cert("deep.wild.example") == ("*.wild.example", "h2")
+    assert (await served_cert("unknown.example"))[0] == "encom.test", "the cluster certificate is the default"
+    assert (await served_cert("app.encom.test"))[0] == "encom.test"
+
+    response = await tls_client.get("/", headers={"Host": "two.example"}, extensions={"sni_hostname": "two.example"})
+    assert response.json()["port"] == b.port and response.json()["headers"]["x-forwarded-proto"] == "https"
+
+    certs = tls_router.options.certs_dir
+    files = sorted(certs.glob("*.pem"))
+    assert len(files) == 3 and all(f.stat().st_mode & 0o777 == 0o600 for f in files)
+    assert certs.stat().st_mode & 0o777 == 0o700
+
+    # a new certificate for a route replaces the old one; a route losing its certificate falls back to the default
+    renewed = self_signed("one.example")
+    await tls_router.add_route(routes[0].model_copy(update={"certificate": renewed[0], "key": renewed[1]}))
+    await tls_router.add_route(routes[1].model_copy(update={"certificate": None, "key": None}))
+    assert (await served_cert("two.example"))[0] == "encom.test"
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    _, writer = await asyncio.open_connection("127.0.0.1", HTTPS_PORT, ssl=ctx, server_hostname="one.example")
+    der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+    writer.close()
+    from cryptography import x509
+
+    assert x509.load_der_x509_certificate(der) == x509.load_pem_x509_certificate(renewed[0].encode())
+    assert len(list(certs.glob("*.pem"))) == 2, "the certificate file of a route without one is removed"
+
+
+async def test_a_refused_certificate_is_left_out_and_logged(
+    tls_router: Router, tls_client: httpx.AsyncClient, backends: MakeBackends, caplog: pytest.LogCaptureFixture
+) -> None:
+    good, other = self_signed("good.example"), self_signed("other.example")
+    (a,) = await backends(1)
+    await tls_router.set_routes([http_route("ok.example", "ok-web")])
+    await tls_router.backend_up("ok-web", a.addr)
+    worker = await tls_router.haproxy.worker_pid()
+
+    garbage = http_route("garbage.example", "ok-web", certificate="-----BEGIN CERTIFICATE-----\nnope\n", key="nope")
+    mismatched = http_route("mismatch.example", "ok-web", certificate=good[0], key=other[1])
+    with caplog.at_level("ERROR", logger="encom.router.router"):
+        await tls_router.add_route(garbage)
+        await tls_router.add_route(mismatched)
+    assert set(tls_router.cert_errors) == {garbage.id, mismatched.id}
+    assert sum("certificate refused" in r.getMessage() for r in caplog.records) == 2
+    assert not any("PRIVATE KEY" in r.getMessage() for r in caplog.records), "keys are never logged"
+    assert tls_router.last_error is None, "no reload was attempted with a refused certificate"
+    assert await tls_router.haproxy.worker_pid() == worker
+
+    # the routes themselves work, with the default certificate; later changes still apply
+    assert (await served_cert("mismatch.example"))[0] == "encom.test"
+    response = await tls_client.get("/", headers={"Host": "garbage.example"}, extensions={"sni_hostname": "x"})
+    assert response.json()["port"] == a.port
+    await tls_router.add_route(http_route("good.example", "ok-web", certificate=good[0], key=good[1]))
+    assert (await served_cert("good.example"))[0] == "good.example"
+    assert tls_router.last_error is None
+
+
+async def test_redirect_https_for_plain_http_only(
+    tls_router: Router, client: httpx.AsyncClient, tls_client: httpx.AsyncClient, backends: MakeBackends
+) -> None:
+    (a,) = await backends(1)
+    await tls_router.set_routes(
+        [
+            http_route("secure.test", "r-web", redirect_https=True),
+            http_route("*.swild.test", "r-web", redirect_https=True),
+            http_route("open.swild.test", "r-web"),
+            http_route("plain.test", "r-web"),
+        ]
+    )
+    await tls_router.backend_up("r-web", a.addr)
+    worker = await tls_router.haproxy.worker_pid()
+
+    response = await client.get("/some/path?q=1&r=2", headers={"Host": "Secure.Test:80"})
+    assert response.status_code == 301
+    assert response.headers["location"] == f"https://secure.test:{HTTPS_PORT}/some/path?q=1&r=2"
+    assert (await get(client, "x.swild.test", "/w")).headers["location"] == f"https://x.swild.test:{HTTPS_PORT}/w"
+    assert (await get(client, "open.swild.test")).status_code == 200, "an exact domain is not caught by a wildcard"
+    assert (await get(client, "plain.test")).status_code == 200
+    tls = await tls_client.get("/", headers={"Host": "secure.test"}, extensions={"sni_hostname": "secure.test"})
+    assert tls.status_code == 200 and tls.json()["port"] == a.port
+
+    # turning it on or off is a map change, not a reload
+    await tls_router.add_route(http_route("plain.test", "r-web", redirect_https=True))
+    await tls_router.add_route(http_route("secure.test", "r-web"))
+    assert (await get(client, "plain.test")).status_code == 301
+    assert (await get(client, "secure.test")).status_code == 200
+    assert await tls_router.haproxy.worker_pid() == worker
+
+
+# ---------------------------------------------------------------- websockets and streaming
+
+
+@contextlib.asynccontextmanager
+async def websocket_echo() -> AsyncIterator[str]:
+    """A websocket echo server; yields its address."""
+    from websockets.asyncio.server import ServerConnection, serve
+
+    async def echo(ws: ServerConnection) -> None:
+        async for message in ws:
+            await ws.send(message)
+
+    port = free_port(*PORTS)
+    async with serve(echo, "127.0.0.1", port):
+        yield f"127.0.0.1:{port}"
+
+
+@pytest.mark.parametrize("sticky", [False, True])
+async def test_websocket_echo_through_haproxy(router: Router, sticky: bool) -> None:
+    from websockets.asyncio.client import connect
+
+    async with websocket_echo() as addr:
+        await router.set_routes([http_route("ws.test", "ws-web", sticky=sticky)])
+        await router.backend_up("ws-web", addr)
+        async with connect("ws://ws.test/chat", host="127.0.0.1", port=HTTP_PORT, proxy=None, open_timeout=5) as ws:
+            assert ws.response is not None and ws.response.status_code == 101
+            assert ("encom_sticky=" in ws.response.headers.get("Set-Cookie", "")) == sticky
+            for text in ("hello", "x" * 100_000):
+                await ws.send(text)
+                assert await within(ws.recv(), "the websocket echo") == text
+            await ws.send(b"\x00\x01binary")
+            assert await within(ws.recv(), "the binary echo") == b"\x00\x01binary"
+
+
+async def test_streamed_response_is_not_buffered(router: Router, client: httpx.AsyncClient) -> None:
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n")
+            writer.write(b"6\r\nfirst\n\r\n")
+            await writer.drain()
+            await asyncio.sleep(1.0)
+            writer.write(b"5\r\nrest\n\r\n0\r\n\r\n")
+            await writer.drain()
+        writer.close()
+
+    port = free_port(*PORTS)
+    server = await asyncio.start_server(slow, "127.0.0.1", port)
+    try:
+        await router.set_routes([http_route("stream.test", "stream-web")])
+        await router.backend_up("stream-web", f"127.0.0.1:{port}")
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        received: list[tuple[float, bytes]] = []
+        async with client.stream("GET", "/", headers={"Host": "stream.test"}) as response:
+            assert response.status_code == 200
+            async for chunk in response.aiter_raw():
+                received.append((loop.time() - start, chunk))
+        assert b"".join(c for _, c in received) == b"first\nrest\n"
+        first_at, first = received[0]
+        assert first == b"first\n" and first_at < 0.5, received
+        assert received[-1][0] >= 0.9, received
+    finally:
+        server.close()
+        await within(server.wait_closed(), "the streaming server to close")
+
+
+async def test_certificate_changes_reload_without_dropping_requests(
+    tls_router: Router, tls_client: httpx.AsyncClient, backends: MakeBackends
+) -> None:
+    (a,) = await backends(1)
+    await tls_router.set_routes([http_route("busy.encom.test", "busy-web")])
+    await tls_router.backend_up("busy-web", a.addr)
+    load = Load(tls_client, "busy.encom.test")
+    await load.wait_for(50)
+    for i in range(3):
+        cert, key = self_signed(f"c{i}.example")
+        await tls_router.add_route(http_route(f"c{i}.example", "busy-web", certificate=cert, key=key))
+        await load.wait_for(50 + 50 * (i + 1))
+    results = await load.stop()
+    assert Counter(results) == {200: len(results)}, Counter(results)
+    assert (await served_cert("c2.example"))[0] == "c2.example"

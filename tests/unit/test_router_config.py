@@ -18,6 +18,7 @@ from encom.router.config import (
     build_snapshot,
     max_connections,
     render_config,
+    render_crt_list,
     render_map,
     server_name,
 )
@@ -27,10 +28,12 @@ from encom.router.router import fit_layout, route_key
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-def route(n: int, service: str, domain: str | None = None, path: str = "/", port: int | None = None) -> Route:
+def route(
+    n: int, service: str, domain: str | None = None, path: str = "/", port: int | None = None, **kw: object
+) -> Route:
     return Route(
         id=f"r{n}", app_id="app", type="tcp" if port else "http", domain=domain, path=path, port=port,
-        service=service, created_at=T0 + timedelta(seconds=n), updated_at=T0,
+        service=service, created_at=T0 + timedelta(seconds=n), updated_at=T0, **kw,  # type: ignore[arg-type]
     )  # fmt: skip
 
 
@@ -119,7 +122,7 @@ def test_rendered_config(tmp_path: Path) -> None:
 def test_https_frontend_only_with_a_certificate(tmp_path: Path) -> None:
     opts = Options(dir=tmp_path, https_port=8443, cert_pem=tmp_path / "c.pem")
     text = render_config(Snapshot(), opts)
-    assert f"bind 127.0.0.1:8443 ssl crt {tmp_path}/c.pem alpn h2,http/1.1" in text
+    assert f"bind 127.0.0.1:8443 ssl crt {tmp_path}/c.pem crt-list {tmp_path}/certs.list alpn h2,http/1.1" in text
     assert "X-Forwarded-Proto https" in text
     assert "ssl crt" not in render_config(Snapshot(), Options(dir=tmp_path, https_port=8443))
 
@@ -182,3 +185,111 @@ def test_fit_layout_keeps_the_running_layout() -> None:
 
 def test_route_keys_accept_typed_ids() -> None:
     assert route_key("http/1234") == route_key("1234") == "1234"
+
+
+# ---------------------------------------------------------------- sticky, certificates, redirects
+
+
+def test_one_sticky_route_makes_its_service_backend_sticky() -> None:
+    snap = build_snapshot(
+        [route(1, "a", "a.test"), route(2, "a", "alias.test", sticky=True), route(3, "b", "b.test"),
+         route(4, "a", port=3000, sticky=True)],
+        {},
+    )  # fmt: skip
+    assert snap.backends["h_a"].sticky and not snap.backends["h_b"].sticky
+    assert not snap.backends["t_a"].sticky, "TCP backends have no cookies"
+    plain = build_snapshot([route(1, "a", "a.test")], {})
+    assert snap.layout() != build_snapshot([route(1, "a", "a.test"), route(3, "b", "b.test")], {}).layout()
+    assert not plain.backends["h_a"].sticky
+
+
+def test_sticky_backend_config(tmp_path: Path) -> None:
+    snap = build_snapshot(
+        [route(1, "a", "a.test", sticky=True), route(2, "b", "b.test")], {"a": {"127.0.0.1:1"}, "b": {"127.0.0.1:2"}}
+    )
+    text = render_config(snap, Options(dir=tmp_path))
+    sticky, plain = text.split("backend h_a\n")[1].split("\n\n")[0], text.split("backend h_b\n")[1]
+    assert (
+        "    dynamic-cookie-key encom-h_a\n    cookie encom_sticky insert indirect nocache httponly dynamic" in sticky
+    )
+    assert "server s_127.0.0.1_1 127.0.0.1:1 weight 100" in sticky
+    assert "cookie" not in plain
+
+
+def test_route_certificates_by_domain_oldest_first(tmp_path: Path) -> None:
+    snap = build_snapshot(
+        [
+            route(1, "a", "A.test", certificate="CERT1", key="KEY1"),
+            route(2, "a", "a.test", "/api", certificate="CERT2", key="KEY2"),  # same domain: the oldest wins
+            route(3, "w", "*.w.test", certificate="CERT3\n", key="KEY3"),
+            route(4, "x", "nokey.test", certificate="CERT4"),
+            route(5, "y", port=3000, certificate="C", key="K"),
+        ],
+        {},
+    )
+    assert [(c.name, c.sni, c.pem) for c in snap.certs] == [
+        ("r1", "a.test", "CERT1\nKEY1\n"),
+        ("r3", "*.w.test", "CERT3\nKEY3\n"),
+    ]
+    opts = Options(dir=tmp_path)
+    assert render_crt_list(snap, opts) == f"{tmp_path}/certs/r1.pem a.test\n{tmp_path}/certs/r3.pem *.w.test\n"
+    changed = build_snapshot([route(1, "a", "a.test", certificate="NEW", key="KEY1")], {})
+    assert changed.layout() != build_snapshot([route(1, "a", "a.test", certificate="CERT1", key="KEY1")], {}).layout()
+
+
+def test_redirect_maps(tmp_path: Path) -> None:
+    snap = build_snapshot(
+        [
+            route(1, "a", "a.test", redirect_https=True),
+            route(2, "b", "b.test", "/api", redirect_https=True),
+            route(3, "w", "*.w.test", redirect_https=True),
+            route(4, "x", "x.w.test"),
+        ],
+        {},
+    )
+    assert snap.redirects == {"a.test": "1", "b.test": "1", "x.w.test": "0"}
+    assert snap.redirect_wildcards == ((".w.test", "1"),)
+    assert snap.maps()["redirects"] == [("a.test", "1"), ("b.test", "1"), ("x.w.test", "0")]
+    with_https = render_config(snap, Options(dir=tmp_path, https_port=8443, cert_pem=tmp_path / "c.pem"))
+    http_frontend = with_https.split("frontend https")[0]
+    assert "redirect location https://%[var(txn.host)]:8443%[pathq] code 301" in http_frontend
+    assert "http-request redirect" not in with_https.split("frontend https")[1]
+    on_443 = render_config(snap, Options(dir=tmp_path, https_port=443, cert_pem=tmp_path / "c.pem"))
+    assert "redirect location https://%[var(txn.host)]%[pathq] code 301" in on_443
+    assert "http-request redirect" not in render_config(snap, Options(dir=tmp_path)), "no HTTPS frontend, no redirect"
+
+
+def test_fit_layout_keeps_stickiness_and_certificates() -> None:
+    running = build_snapshot([route(1, "a", "a.test", certificate="C", key="K")], {})
+    wanted = build_snapshot([route(1, "a", "a.test", sticky=True)], {"a": {"127.0.0.1:2"}})
+    fitted = fit_layout(wanted, running)
+    assert fitted.layout() == running.layout()
+    assert fitted.backends["h_a"].servers == {"127.0.0.1:2"}
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/sbin/haproxy"), reason="needs HAProxy")
+def test_rendered_https_config_with_sticky_certs_and_redirects_is_valid_haproxy(tmp_path: Path) -> None:
+    from encom.bootstrap.tls import create_ca, issue_cert
+
+    create_ca(tmp_path / "ca.pem", tmp_path / "ca-key.pem")
+    issue_cert(tmp_path / "ca.pem", tmp_path / "ca-key.pem", ["x.test"], tmp_path / "x.pem", tmp_path / "x-key.pem")
+    cert, key = (tmp_path / "x.pem").read_text(), (tmp_path / "x-key.pem").read_text()
+    (tmp_path / "default.pem").write_text(cert + key)
+    snap = build_snapshot(
+        [
+            route(1, "a-web", "a.test", sticky=True, redirect_https=True, certificate=cert, key=key),
+            route(2, "w", "*.w.test", certificate=cert, key=key),
+        ],
+        {"a-web": {"127.0.0.1:55000", "127.0.0.1:55001"}},
+    )
+    opts = Options(dir=tmp_path, https_port=8443, cert_pem=tmp_path / "default.pem")
+    for name, entries in snap.maps().items():
+        opts.map_path(name).write_text(render_map(entries))
+    opts.certs_dir.mkdir()
+    for c in snap.certs:
+        opts.cert_path(c.name).write_text(c.pem)
+    opts.crt_list_path.write_text(render_crt_list(snap, opts))
+    opts.config_path.write_text(render_config(snap, opts))
+    check = subprocess.run(["/usr/sbin/haproxy", "-c", "-f", str(opts.config_path)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "[WARNING]" not in check.stdout + check.stderr

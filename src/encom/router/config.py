@@ -8,10 +8,25 @@ HTTP routing is three map lookups on the request, first hit wins:
   hosts.map      `<domain>` exact (`map_str`, a tree lookup)
   wildcards.map  `.<suffix>` for `*.<suffix>` domains (longest first, `map_end`: the most specific wins)
 Unknown hosts go to a backend answering 404; a routed service with no live server answers 503.
+
+Per route, on top of that:
+  sticky          the service's backend pins a client to a server with a cookie (`encom_sticky`). HAProxy 2.6
+                  refuses `cookie <value>` on servers added at runtime, so the cookie is HAProxy's "dynamic" one:
+                  a hash of the backend's key and the server's address and port, the same whether the server came
+                  from the config file or from `add server` (after which the router re-sets the key, which makes
+                  HAProxy compute it: see `RuntimeAPI.add_server`). A client whose server is gone or in
+                  maintenance is sent to another one and gets a new cookie (`option redispatch` covers the rest).
+  certificate     served by SNI on the HTTPS frontend through a crt-list (`certs.list`, one `certs/<route>.pem` per
+                  route: chain + key, 0600); the cluster's wildcard certificate stays the default. Changes reload.
+  redirect_https  plain HTTP for the route's domain answers 301 to https://; `redirects.map` (exact domains,
+                  `map_str`) and `redirect_wildcards.map` (`.suffix`, `map_end`) say "1" or "0" per domain (the
+                  oldest route of a domain decides), so an exact domain that does not redirect is not caught by a
+                  redirecting wildcard.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 import resource
 from collections.abc import Iterable, Mapping, Set
@@ -24,7 +39,8 @@ from encom.api.types import Route
 NOT_FOUND_BACKEND = "encom_not_found"
 NOT_FOUND_BODY = "No such app\\n"
 UNAVAILABLE_BODY = "Service Unavailable\\n"
-MAP_NAMES = ("hosts", "paths", "wildcards")
+MAP_NAMES = ("hosts", "paths", "wildcards", "redirects", "redirect_wildcards")
+STICKY_COOKIE = "encom_sticky"
 # Arguments of every server, in the config file and in `add server` alike. A high weight gives each server more
 # points in the consistent-hash ring that `balance random` draws from, so the spread is even.
 SERVER_ARGS = "weight 100"
@@ -34,7 +50,8 @@ _PATH_RE = re.compile(r"^/[^\s#]*$")
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 Mode = Literal["http", "tcp"]
-Layout = tuple[frozenset[tuple[str, Mode]], frozenset[tuple[int, str]]]  # (backends, TCP frontends)
+# (backends (name, mode, sticky), TCP frontends (port, backend), certificates (name, SNI filter, sha256 of the PEM))
+Layout = tuple[frozenset[tuple[str, Mode, bool]], frozenset[tuple[int, str]], frozenset[tuple[str, str, str]]]
 
 
 @dataclass(frozen=True)
@@ -43,6 +60,20 @@ class Backend:
     mode: Mode
     service: str
     servers: frozenset[str] = frozenset()  # "host:port"
+    sticky: bool = False
+
+
+@dataclass(frozen=True)
+class Cert:
+    """A route's own certificate: `certs/<name>.pem` served for the SNI name `sni` (may be `*.domain`)."""
+
+    name: str
+    sni: str
+    pem: str  # chain + key
+
+    @property
+    def digest(self) -> str:
+        return pem_digest(self.pem)
 
 
 @dataclass(frozen=True)
@@ -54,14 +85,25 @@ class Snapshot:
     paths: tuple[tuple[str, str], ...] = ()  # (domain+path prefix, backend), longest first
     wildcards: tuple[tuple[str, str], ...] = ()  # (".suffix", backend), longest first
     tcp_frontends: Mapping[int, str] = field(default_factory=dict)  # port -> backend
+    certs: tuple[Cert, ...] = ()  # by name
+    redirects: Mapping[str, str] = field(default_factory=dict)  # domain -> "1" (redirect to https) or "0"
+    redirect_wildcards: tuple[tuple[str, str], ...] = ()  # (".suffix", "1"|"0"), longest first
 
     def layout(self) -> Layout:
-        """What only a reload can change: the set of backends and of TCP frontends."""
-        backends = frozenset((b.name, b.mode) for b in self.backends.values())
-        return backends, frozenset(self.tcp_frontends.items())
+        """What only a reload can change: the set of backends (and their stickiness), of TCP frontends and of
+        certificates."""
+        backends = frozenset((b.name, b.mode, b.sticky) for b in self.backends.values())
+        certs = frozenset((c.name, c.sni, c.digest) for c in self.certs)
+        return backends, frozenset(self.tcp_frontends.items()), certs
 
     def maps(self) -> dict[str, list[tuple[str, str]]]:
-        return {"hosts": sorted(self.hosts.items()), "paths": list(self.paths), "wildcards": list(self.wildcards)}
+        return {
+            "hosts": sorted(self.hosts.items()),
+            "paths": list(self.paths),
+            "wildcards": list(self.wildcards),
+            "redirects": sorted(self.redirects.items()),
+            "redirect_wildcards": list(self.redirect_wildcards),
+        }
 
 
 @dataclass(frozen=True)
@@ -100,6 +142,21 @@ class Options:
     def map_path(self, name: str) -> Path:
         return self.dir / f"{name}.map"
 
+    @property
+    def certs_dir(self) -> Path:
+        return self.dir / "certs"
+
+    @property
+    def crt_list_path(self) -> Path:
+        return self.dir / "certs.list"
+
+    def cert_path(self, name: str) -> Path:
+        return self.certs_dir / f"{name}.pem"
+
+    @property
+    def https(self) -> bool:
+        return self.https_port is not None and self.cert_pem is not None
+
 
 def backend_name(service: str, mode: Mode) -> str:
     return f"{'h' if mode == 'http' else 't'}_{_NAME_UNSAFE.sub('_', service)}"
@@ -107,6 +164,33 @@ def backend_name(service: str, mode: Mode) -> str:
 
 def server_name(addr: str) -> str:
     return "s_" + _NAME_UNSAFE.sub("_", addr)
+
+
+def route_key(route_id: str) -> str:
+    """Route ids arrive as "<uuid>" or "<type>/<uuid>"."""
+    return route_id.rsplit("/", 1)[-1]
+
+
+def cert_name(route_id: str) -> str:
+    return _NAME_UNSAFE.sub("_", route_key(route_id))
+
+
+def dynamic_cookie_key(backend: str) -> str:
+    """The key HAProxy hashes with a server's address into its sticky cookie: fixed per backend, so the cookie of a
+    server is the same across reloads, restarts and routers."""
+    return f"encom-{backend}"
+
+
+def route_pem(route: Route) -> str | None:
+    """The route's certificate chain and key as one PEM file, or None when it has none."""
+    if route.type != "http" or not (route.certificate or "").strip() or not (route.key or "").strip():
+        return None
+    assert route.certificate is not None and route.key is not None
+    return route.certificate.strip() + "\n" + route.key.strip() + "\n"
+
+
+def pem_digest(pem: str) -> str:
+    return hashlib.sha256(pem.encode()).hexdigest()
 
 
 def valid_domain(domain: str) -> bool:
@@ -142,12 +226,18 @@ def build_snapshot(routes: Iterable[Route], servers: Mapping[str, Set[str]]) -> 
     paths: dict[str, str] = {}
     wildcards: dict[str, str] = {}
     tcp: dict[int, str] = {}
+    certs: dict[str, Cert] = {}  # SNI -> cert
+    redirects: dict[str, str] = {}
+    redirect_wildcards: dict[str, str] = {}
     for route in sorted(routes, key=lambda r: (r.created_at, r.id)):  # on conflicts the oldest route wins
         if not valid_route(route):
             continue
         mode: Mode = "tcp" if route.type == "tcp" else "http"
         name = backend_name(route.service, mode)
-        backends[name] = Backend(name, mode, route.service, frozenset(servers.get(route.service, ())))
+        sticky = route.sticky and mode == "http"
+        if name in backends:
+            sticky = sticky or backends[name].sticky  # one sticky route makes its service's backend sticky
+        backends[name] = Backend(name, mode, route.service, frozenset(servers.get(route.service, ())), sticky)
         if route.type == "tcp":
             assert route.port is not None
             tcp.setdefault(route.port, name)
@@ -156,16 +246,25 @@ def build_snapshot(routes: Iterable[Route], servers: Mapping[str, Set[str]]) -> 
         path = route.path or "/"
         if domain.startswith("*."):
             wildcards.setdefault(domain[1:], name)
-        elif path == "/":
-            hosts.setdefault(domain, name)
+            redirect_wildcards.setdefault(domain[1:], "1" if route.redirect_https else "0")
         else:
-            paths.setdefault(domain + normalize_path(path), name)
+            redirects.setdefault(domain, "1" if route.redirect_https else "0")
+            if path == "/":
+                hosts.setdefault(domain, name)
+            else:
+                paths.setdefault(domain + normalize_path(path), name)
+        pem = route_pem(route)
+        if pem is not None and domain not in certs:
+            certs[domain] = Cert(cert_name(route.id), domain, pem)
     return Snapshot(
         backends=backends,
         hosts=hosts,
         paths=_longest_first(paths),
         wildcards=_longest_first(wildcards),
         tcp_frontends=tcp,
+        certs=tuple(sorted(certs.values(), key=lambda c: c.name)),
+        redirects=redirects,
+        redirect_wildcards=_longest_first(redirect_wildcards),
     )
 
 
@@ -177,6 +276,26 @@ def render_map(entries: Iterable[tuple[str, str]]) -> str:
     return "".join(f"{key} {value}\n" for key, value in entries)
 
 
+def render_crt_list(snapshot: Snapshot, options: Options) -> str:
+    """One line per route certificate: `<file> <sni filter>`; the bind's own options (ALPN) apply to each."""
+    return "".join(f"{options.cert_path(c.name)} {c.sni}\n" for c in snapshot.certs)
+
+
+def render_cert_check(pem_path: Path) -> str:
+    """A minimal configuration that `haproxy -c` accepts only if it can load `pem_path` as a bind certificate."""
+    return f"""\
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 5s
+    timeout server 5s
+
+frontend check
+    bind 127.0.0.1:1 ssl crt {pem_path} alpn h2,http/1.1
+    http-request return status 200
+"""
+
+
 # ---------------------------------------------------------------- haproxy.cfg
 
 
@@ -186,7 +305,7 @@ def render_config(snapshot: Snapshot, options: Options) -> str:
         _defaults(),
         _http_frontend(options, tls=False),
     ]
-    if options.https_port is not None and options.cert_pem is not None:
+    if options.https:
         sections.append(_http_frontend(options, tls=True))
     sections.append(_not_found_backend())
     for port, name in sorted(snapshot.tcp_frontends.items()):
@@ -232,11 +351,23 @@ defaults
 def _http_frontend(options: Options, tls: bool) -> str:
     if tls:
         assert options.cert_pem is not None and options.https_port is not None
-        bind = f"{options.bind}:{options.https_port} ssl crt {options.cert_pem} alpn h2,http/1.1"
+        bind = (
+            f"{options.bind}:{options.https_port} ssl crt {options.cert_pem} crt-list {options.crt_list_path}"
+            " alpn h2,http/1.1"
+        )
         name, proto = "https", "https"
     else:
         bind, name, proto = f"{options.bind}:{options.http_port}", "http", "http"
     paths, hosts, wildcards = (options.map_path(n) for n in ("paths", "hosts", "wildcards"))
+    redirect = ""
+    if not tls and options.https:
+        port = "" if options.https_port == 443 else f":{options.https_port}"
+        redirect = f"""\
+    http-request set-var(txn.redirect) var(txn.host),map_str({options.map_path("redirects")})
+    http-request set-var(txn.redirect) var(txn.host),map_end({options.map_path("redirect_wildcards")}) \
+unless {{ var(txn.redirect) -m found }}
+    http-request redirect location https://%[var(txn.host)]{port}%[pathq] code 301 if {{ var(txn.redirect) -m str 1 }}
+"""
     return f"""\
 frontend {name}
     mode http
@@ -248,7 +379,7 @@ frontend {name}
     http-request set-header X-Request-Start t=%[date(0,ms)]
     http-request set-header X-Request-Id %[uuid] unless {{ req.hdr(x-request-id) -m found }}
     http-request set-var(txn.host) req.hdr(host),field(1,:),lower
-    http-request set-var-fmt(txn.hostpath) %[var(txn.host)]%[path]
+{redirect}    http-request set-var-fmt(txn.hostpath) %[var(txn.host)]%[path]
     http-request set-var(txn.backend) var(txn.hostpath),map_beg({paths})
     http-request set-var(txn.backend) var(txn.host),map_str({hosts}) unless {{ var(txn.backend) -m found }}
     http-request set-var(txn.backend) var(txn.host),map_end({wildcards}) unless {{ var(txn.backend) -m found }}
@@ -278,6 +409,10 @@ def _backend(backend: Backend, options: Options) -> str:
     lines = [f"backend {backend.name}", f"    mode {backend.mode}", f"    balance {options.balance}"]
     if backend.mode == "http":
         lines.append("    retry-on conn-failure empty-response")
+    if backend.sticky:
+        # the key first: HAProxy computes each config server's cookie when it reads the `cookie` line
+        lines.append(f"    dynamic-cookie-key {dynamic_cookie_key(backend.name)}")
+        lines.append(f"    cookie {STICKY_COOKIE} insert indirect nocache httponly dynamic")
     lines.extend(f"    {server_line(addr)}" for addr in sorted(backend.servers))
     return "\n".join(lines) + "\n"
 

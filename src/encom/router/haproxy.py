@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from encom.api.procs import process_alive
-from encom.router.config import Options
+from encom.router.config import Options, render_cert_check
 from encom.router.runtime import RuntimeAPI, RuntimeAPIError
 
 HAPROXY_BIN = "/usr/sbin/haproxy"
@@ -92,12 +92,37 @@ class HAProxy:
         tmp.write_text(text)
         tmp.replace(path)
 
+    def write_private(self, path: Path, text: str) -> None:
+        """Like `write_file`, mode 0600 from the start (private keys)."""
+        tmp = path.with_name(path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        tmp.replace(path)
+
     async def validate(self, config: str) -> Path:
         """Write `config` next to the live one and check it with `haproxy -c`; returns the checked file."""
         candidate = self.options.config_path.with_name("haproxy.cfg.new")
         candidate.write_text(config)
+        await self._check(candidate, "the configuration")
+        return candidate
+
+    async def check_cert(self, pem: str) -> None:
+        """Raise ConfigError unless HAProxy can serve `pem` (certificate chain + key) on a TLS bind."""
+        certs = self.options.certs_dir
+        certs.mkdir(mode=0o700, exist_ok=True)
+        pem_path, cfg_path = certs / "check.pem.new", certs / "check.cfg.new"
+        try:
+            self.write_private(pem_path, pem)
+            cfg_path.write_text(render_cert_check(pem_path))
+            await self._check(cfg_path, "the certificate")
+        finally:
+            pem_path.unlink(missing_ok=True)
+            cfg_path.unlink(missing_ok=True)
+
+    async def _check(self, path: Path, what: str) -> None:
         proc = await asyncio.create_subprocess_exec(
-            self.binary, "-c", "-q", "-f", str(candidate),
+            self.binary, "-c", "-q", "-f", str(path),
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )  # fmt: skip
         try:
@@ -108,8 +133,7 @@ class HAProxy:
             await proc.wait()
             raise ConfigError("haproxy -c timed out") from None
         if proc.returncode != 0:
-            raise ConfigError(f"haproxy refused the configuration:\n{out.decode(errors='replace').strip()}")
-        return candidate
+            raise ConfigError(f"haproxy refused {what}:\n{out.decode(errors='replace').strip()}")
 
     # ------------------------------------------------------------ lifecycle
 

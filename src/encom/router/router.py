@@ -10,6 +10,10 @@ A HAProxy adopted after an encomd restart keeps the servers it had for ADOPT_GRA
 reports none: discoverd may have restarted too (its memory store starts empty) and hosts re-register their jobs
 only as they adopt them and heartbeat. Once discoverd lists any server of a backend, or the grace is over,
 discoverd alone decides.
+
+A route's own certificate is checked on its own (`haproxy -c` on a minimal config, once per distinct PEM) before it
+enters the snapshot: one that HAProxy refuses is left out with a logged error (the route is served with the
+default certificate), so it can never make every later reload fail.
 """
 
 from __future__ import annotations
@@ -32,8 +36,13 @@ from encom.router.config import (
     Options,
     Snapshot,
     build_snapshot,
+    dynamic_cookie_key,
+    pem_digest,
     render_config,
+    render_crt_list,
     render_map,
+    route_key,
+    route_pem,
     server_name,
     servers_in_config,
 )
@@ -52,10 +61,7 @@ ADOPT_GRACE = TTL_SECONDS  # > a heartbeat interval plus a host's adoption and h
 
 log = logging.getLogger(__name__)
 
-
-def route_key(route_id: str) -> str:
-    """Route ids arrive as "<uuid>" or "<type>/<uuid>"."""
-    return route_id.rsplit("/", 1)[-1]
+__all__ = ["Router", "fit_layout", "route_key"]
 
 
 class Router:
@@ -77,6 +83,8 @@ class Router:
         self._server_ids = itertools.count(DYNAMIC_SERVER_IDS)
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
+        self._cert_checks: dict[str, str | None] = {}  # sha256 of a route PEM -> HAProxy's refusal, None if fine
+        self.cert_errors: dict[str, str] = {}  # route key -> why its certificate is not served
 
     # ------------------------------------------------------------ lifecycle
 
@@ -89,8 +97,10 @@ class Router:
                 self.applied = None
                 self._keep_adopted_servers()
             else:
+                await self._check_certs()
                 target = self.desired()
                 self._write_maps(target)
+                self._write_certs(target)
                 await self.haproxy.start(render_config(target, self.options))
                 self.applied = target
         self._tasks = [
@@ -115,7 +125,7 @@ class Router:
         return {r.service for r in self.routes.values()}
 
     def desired(self) -> Snapshot:
-        snapshot = build_snapshot(self.routes.values(), self.servers)
+        snapshot = build_snapshot(self._servable_routes(), self.servers)
         if not self.kept:
             return snapshot
         backends = {
@@ -123,6 +133,39 @@ class Router:
             for name, backend in snapshot.backends.items()
         }
         return replace(snapshot, backends=backends)
+
+    def _servable_routes(self) -> list[Route]:
+        """The routes, without the certificates HAProxy refused (or that were not checked yet)."""
+        routes = []
+        for key, route in self.routes.items():
+            pem = route_pem(route)
+            if pem is not None and (error := self._cert_checks.get(pem_digest(pem), "not checked yet")) is not None:
+                self.cert_errors[key] = error
+                route = route.model_copy(update={"certificate": None, "key": None})
+            routes.append(route)
+        return routes
+
+    async def _check_certs(self) -> None:
+        """Check every route certificate not seen before with HAProxy; forget the results no route needs."""
+        wanted: dict[str, tuple[str, str]] = {}  # digest -> (pem, a route key using it)
+        for key, route in sorted(self.routes.items()):
+            pem = route_pem(route)
+            if pem is not None:
+                wanted.setdefault(pem_digest(pem), (pem, key))
+        self._cert_checks = {d: e for d, e in self._cert_checks.items() if d in wanted}
+        self.cert_errors = {}
+        for digest, (pem, key) in wanted.items():
+            if digest in self._cert_checks:
+                continue
+            try:
+                await self.haproxy.check_cert(pem)
+                self._cert_checks[digest] = None
+            except HAProxyError as exc:
+                self._cert_checks[digest] = str(exc)
+                route = self.routes[key]
+                log.error(
+                    "route %s (%s): certificate refused, serving the default one instead: %s", key, route.domain, exc
+                )
 
     def _keep_adopted_servers(self) -> None:
         try:
@@ -195,6 +238,7 @@ class Router:
         async with self._lock:
             if not self.haproxy.running():
                 return  # the supervisor restarts it and applies again
+            await self._check_certs()
             await self._apply(self.desired())
 
     async def _apply(self, target: Snapshot) -> None:
@@ -219,11 +263,15 @@ class Router:
 
     async def _reload(self, target: Snapshot, applied: Snapshot | None) -> None:
         config = render_config(target, self.options)
+        # The crt-list the config names must be there to check it. Its certificates were checked one by one, so
+        # if the reload fails after all, the list on disk is still one HAProxy can start with.
+        self._write_certs(target)
         await self.haproxy.validate(config)  # before the maps change on disk
         if applied is not None:
             self._check_ports_free(set(target.tcp_frontends) - set(applied.tcp_frontends))
         self._write_maps(target)
         await self.haproxy.reload(config)
+        self._remove_stale_certs(target)
         self.applied = target
         self._lingering.clear()
         self.reloads += 1
@@ -246,7 +294,7 @@ class Router:
         rt = self.haproxy.runtime
         for name, backend in new.backends.items():
             for addr in sorted(backend.servers - old.backends[name].servers):
-                await self._server_up(name, addr)
+                await self._server_up(name, addr, backend.sticky)
         hosts = self.options.map_path("hosts")
         for key in sorted(old.hosts.keys() - new.hosts.keys()):
             await rt.del_map_entry(hosts, key)
@@ -257,6 +305,11 @@ class Router:
             await rt.replace_map(self.options.map_path("paths"), list(new.paths))
         if old.wildcards != new.wildcards:
             await rt.replace_map(self.options.map_path("wildcards"), list(new.wildcards))
+        # (the redirect maps are only loaded when there is an HTTPS frontend to redirect to)
+        if old.redirects != new.redirects and self.options.https:
+            await rt.replace_map(self.options.map_path("redirects"), sorted(new.redirects.items()))
+        if old.redirect_wildcards != new.redirect_wildcards and self.options.https:
+            await rt.replace_map(self.options.map_path("redirect_wildcards"), list(new.redirect_wildcards))
         for name, backend in new.backends.items():
             for addr in sorted(old.backends[name].servers - backend.servers):
                 await self._server_down(name, addr)
@@ -264,13 +317,14 @@ class Router:
         self._write_maps(new)
         self.haproxy.write_file(self.options.config_path, render_config(new, self.options))
 
-    async def _server_up(self, backend: str, addr: str) -> None:
+    async def _server_up(self, backend: str, addr: str, sticky: bool) -> None:
         lingering = self._lingering.get(backend, set())
         if addr in lingering:
             lingering.discard(addr)
             await self.haproxy.runtime.enable_server(backend, addr)
         else:
-            await self.haproxy.runtime.add_server(backend, addr, next(self._server_ids))
+            cookie_key = dynamic_cookie_key(backend) if sticky else None
+            await self.haproxy.runtime.add_server(backend, addr, next(self._server_ids), cookie_key)
 
     async def _server_down(self, backend: str, addr: str) -> None:
         """Maintenance at once (no new requests); deleted when its connections are gone."""
@@ -283,6 +337,24 @@ class Router:
         maps = snapshot.maps()
         for name in MAP_NAMES:
             self.haproxy.write_file(self.options.map_path(name), render_map(maps[name]))
+
+    def _write_certs(self, snapshot: Snapshot) -> None:
+        """Each route certificate as `certs/<route>.pem` (0600), then the crt-list naming them."""
+        self.options.certs_dir.mkdir(mode=0o700, exist_ok=True)
+        for cert in snapshot.certs:
+            path = self.options.cert_path(cert.name)
+            with contextlib.suppress(OSError):
+                if path.read_text() == cert.pem:
+                    continue
+            self.haproxy.write_private(path, cert.pem)
+        self.haproxy.write_file(self.options.crt_list_path, render_crt_list(snapshot, self.options))
+
+    def _remove_stale_certs(self, snapshot: Snapshot) -> None:
+        """After a reload: the certificate files no longer listed (HAProxy read what it serves at the reload)."""
+        keep = {self.options.cert_path(c.name) for c in snapshot.certs}
+        for path in self.options.certs_dir.glob("*.pem"):
+            if path not in keep:
+                path.unlink(missing_ok=True)
 
     # ------------------------------------------------------------ background
 
@@ -350,7 +422,8 @@ def fit_layout(target: Snapshot, layout: Snapshot) -> Snapshot:
     backends = {}
     for name, backend in layout.backends.items():
         wanted = target.backends.get(name)
-        backends[name] = wanted if wanted is not None and wanted.mode == backend.mode else backend
+        ok = wanted is not None and wanted.mode == backend.mode
+        backends[name] = replace(wanted, sticky=backend.sticky) if wanted is not None and ok else backend
     known = set(backends) | {NOT_FOUND_BACKEND}
     return replace(
         target,
@@ -359,4 +432,5 @@ def fit_layout(target: Snapshot, layout: Snapshot) -> Snapshot:
         paths=tuple((k, v) for k, v in target.paths if v in known),
         wildcards=tuple((k, v) for k, v in target.wildcards if v in known),
         tcp_frontends=dict(layout.tcp_frontends),
+        certs=layout.certs,
     )

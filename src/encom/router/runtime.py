@@ -69,13 +69,20 @@ class RuntimeAPI:
 
     # ------------------------------------------------------------ servers
 
-    async def add_server(self, backend: str, addr: str, server_id: int) -> None:
+    async def add_server(self, backend: str, addr: str, server_id: int, cookie_key: str | None = None) -> None:
         """Add and enable a server. HAProxy 2.6 gives a dynamic server without an explicit `id` no place in the
-        consistent-hash tree that `balance random` draws from (it never gets traffic), so the caller picks one."""
+        consistent-hash tree that `balance random` draws from (it never gets traffic), so the caller picks one.
+
+        For a sticky backend (`cookie_key`: its `dynamic-cookie-key`): 2.6 refuses `cookie <value>` on a dynamic
+        server and computes its dynamic cookie from a wrong port, so the key is set again while the server is still
+        in maintenance, which recomputes every server's cookie from its own address: the same value as a server
+        read from the config file."""
         name = server_name(addr)
         await self.expect(
             f"add server {backend}/{name} {addr} {SERVER_ARGS} id {server_id}", ok="New server registered"
         )
+        if cookie_key is not None:
+            await self.expect(f"set dynamic-cookie-key backend {backend} {cookie_key}")
         await self.expect(f"enable server {backend}/{name}")
 
     async def enable_server(self, backend: str, addr: str) -> None:

@@ -167,12 +167,18 @@ class RouteSync:
 
     async def handle(self, event: Event) -> None:
         if event.object_type == "route":
-            route = Route.model_validate(event.data)
+            route = await self._with_key(Route.model_validate(event.data))
             await self._changing(lambda: self.router.add_route(route))
         elif event.object_type == "route_deletion":
             await self._changing(lambda: self.router.remove_route(str(event.data.get("id") or event.object_id)))
         elif event.object_type == "app_deletion":
             await self._changing(lambda: self.router.remove_app(event.app_id or event.object_id))
+
+    async def _with_key(self, route: Route) -> Route:
+        """Route events leave the private key out (events are kept and streamed): read it from the routes."""
+        if route.certificate is None or route.key is not None:
+            return route
+        return next((r for r in await self.controller.all_routes() if r.id == route.id), route)
 
     async def _changing(self, change: Callable[[], Awaitable[None]]) -> None:
         """Apply a route change once, with the current servers of any newly routed service already in it."""
