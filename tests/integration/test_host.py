@@ -13,7 +13,7 @@ import subprocess
 import tarfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -25,7 +25,7 @@ import pytest
 from encom.api.errors import ApiError
 from encom.api.role import RoleContext
 from encom.api.settings import Ports, Settings
-from encom.api.types import HealthCheck, HostJob, HostJobSpec, LogLine, Resources
+from encom.api.types import HealthCheck, HostJob, HostJobSpec, LogLine, Resources, RouterLogEntry, utcnow
 from encom.blobstore import service as blobstore_service
 from encom.blobstore.client import BlobstoreClient
 from encom.bootstrap.daemon import become_subreaper
@@ -189,6 +189,27 @@ async def test_web_job_comes_up_registered_and_serving(cluster: Cluster) -> None
     assert stopped.state == "down", stopped
     assert await cluster.discoverd.instances("myapp-web") == []
     assert cluster.containers() == []
+
+
+async def expect_api_error(awaitable: Awaitable[Any]) -> ApiError:
+    with pytest.raises(ApiError) as exc:
+        await awaitable
+    return exc.value
+
+
+async def test_router_access_lines_join_the_jobs_log(cluster: Cluster) -> None:
+    job = await cluster.host.add_job(web_spec())
+    assert (await cluster.wait_job(job.id, "up", "crashed", "failed")).state == "up"
+    now = utcnow()
+    await cluster.host.add_router_log(job.id, [RouterLogEntry(timestamp=now, msg="GET / 200 3ms 12B req-1")])
+    [line] = [line for line in await cluster.host.app_log("app-1", lines=50) if line.source == "router"]
+    assert (line.job_id, line.dyno, line.msg, line.timestamp) == (job.id, "web.1", "GET / 200 3ms 12B req-1", now)
+    assert line.format().endswith(" router[web.1]: GET / 200 3ms 12B req-1")
+    missing = await expect_api_error(cluster.host.add_router_log("no-such-job", []))
+    assert missing.status == 404
+    too_long = [RouterLogEntry.model_construct(timestamp=now, msg="x" * 10_001)]
+    assert (await expect_api_error(cluster.host.add_router_log(job.id, too_long))).status == 400
+    await cluster.host.stop_job(job.id)
 
 
 async def test_host_registers_itself_in_discoverd(cluster: Cluster) -> None:

@@ -292,6 +292,17 @@ class LogLine(Wire):
         return f"{ts} {self.source}[{name}]: {self.msg}"
 
 
+class RouterLogEntry(Wire):
+    """An access line the router adds to the log of the job that served the request."""
+
+    timestamp: datetime
+    msg: str = Field(max_length=10_000)
+
+
+class RouterLog(Wire):
+    lines: list[RouterLogEntry] = Field(max_length=1000)
+
+
 # ---------------------------------------------------------------- discoverd
 
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Depends, FastAPI
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from encom.api.auth import require_key
 from encom.api.errors import ValidationError
 from encom.api.server import make_app
 from encom.api.sse import SSEMessage, message, sse_response
-from encom.api.types import HostJob, HostJobEvent, HostJobSpec, HostStatus, LogLine
+from encom.api.types import HostJob, HostJobEvent, HostJobSpec, HostStatus, LogLine, RouterLog
 from encom.host.jobs import JobManager
 
 STOP_WAIT = 20.0  # DELETE answers once the job has ended or after this long (the client's timeout is 30 s)
@@ -59,6 +59,11 @@ def build_app(jobs: JobManager, secret: str, url: str) -> FastAPI:
     async def job_log(job_id: str, lines: int = 100, follow: bool = False) -> StreamingResponse:
         source = jobs.job_log(job_id, _lines(lines), follow)
         return StreamingResponse(_ndjson(source), media_type="application/x-ndjson")
+
+    @router.post("/jobs/{job_id}/router-log", status_code=204)
+    async def router_log(job_id: str, body: RouterLog) -> Response:
+        jobs.runner(job_id).add_router_lines(body.lines)
+        return Response(status_code=204)
 
     @router.get("/logs")
     async def app_logs(app_id: str, lines: int = 100, process_type: str | None = None) -> list[LogLine]:

@@ -11,6 +11,8 @@ API:
   GET    /host/jobs/{job_id}/log?lines=N&follow=bool
                                               NDJSON of LogLine; with follow, streams until the job has ended and
                                                its output is drained
+  POST   /host/jobs/{job_id}/router-log  RouterLog -> 204: the router's access lines for requests the job served
+                                               join its log as `router[web.1]: …` (404 unknown job)
   GET    /host/logs?app_id=...&lines=N[&process_type=T]
                                               -> list[LogLine]: the last N lines of that app's jobs on this host,
                                                oldest first
@@ -27,7 +29,7 @@ from collections.abc import AsyncIterator
 
 from encom.api.client import ApiClient
 from encom.api.errors import ApiError
-from encom.api.types import HostJob, HostJobEvent, HostJobSpec, HostStatus, LogLine
+from encom.api.types import HostJob, HostJobEvent, HostJobSpec, HostStatus, LogLine, RouterLog, RouterLogEntry
 from encom.discoverd.client import HOST_SERVICE, DiscoverdClient
 
 ENDED_STATES = ("down", "crashed", "failed")
@@ -69,6 +71,10 @@ class HostClient(ApiClient):
         params = {"lines": lines, "follow": "true" if follow else "false"}
         async for item in self.ndjson(f"/host/jobs/{job_id}/log", params=params):
             yield LogLine.model_validate(item)
+
+    async def add_router_log(self, job_id: str, lines: list[RouterLogEntry]) -> None:
+        body = RouterLog(lines=lines).model_dump(mode="json")
+        await self.request("POST", f"/host/jobs/{job_id}/router-log", json=body)
 
     async def app_log(self, app_id: str, lines: int = 100, process_type: str | None = None) -> list[LogLine]:
         params: dict[str, str | int] = {"app_id": app_id, "lines": lines}

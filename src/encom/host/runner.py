@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from encom.api.types import HostJob, HostJobState, InstanceRegistration, LogLine, utcnow
+from encom.api.types import HostJob, HostJobState, InstanceRegistration, LogLine, RouterLogEntry, utcnow
 from encom.discoverd.client import DiscoverdClient
 from encom.host import drain, process, slugs
 from encom.host.bundle import BundleOptions, BundlePaths, write_bundle
@@ -127,6 +127,11 @@ class JobRunner:
         self.deps.events.publish(self.job)
         if state != previous:
             self.note(f"State changed from {previous} to {state}")
+
+    def add_router_lines(self, entries: list[RouterLogEntry]) -> None:
+        """The router's access lines for requests this job served, as `router[web.1]:` lines."""
+        template = self.tailer.template.model_copy(update={"source": "router", "stream": "stdout"})
+        self.log.append([template.model_copy(update={"timestamp": e.timestamp, "msg": e.msg}) for e in entries])
 
     def note(self, msg: str) -> None:
         """An `encom[web.1]: ...` line in the job's log. Not for builds: their log is the push output."""
