@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Cluster, User, assert_no_failures, curl, make_user, steady_load_on
+from tests.e2e.conftest import Cluster, User, assert_no_failures, curl, make_user, steady_load_on, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -54,3 +54,16 @@ def test_scale_changes_under_load_lose_no_request(owner: User, repo: Path, clust
             owner.encom("scale", f"web={3 if n % 2 == 0 else 2}", cwd=repo)
     assert_no_failures(load, f"{CHANGES} scale changes")
     assert len(re.findall(r"\bup\b", owner.encom("ps", cwd=repo).out)) == 2
+
+
+def test_router_access_lines_reach_the_app_log(owner: User, repo: Path, cluster: Cluster) -> None:
+    def logged() -> bool:
+        log = owner.encom("log", "-n", "300", cwd=repo).out
+        return (
+            re.search(r'router\[web\.\d+\]: method=GET path="/" status=200 service=\d+ms bytes=\d+ request_id=\S+', log)
+            is not None
+        )
+
+    for _ in range(3):
+        assert curl(cluster.router_port, HOST)[0] == 200
+    wait_for("router lines in `encom log`", logged, timeout=10)

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Literal
 
 from encom.api.types import Route
+from encom.router.access import ACCESS_LOG_FORMAT
 
 NOT_FOUND_BACKEND = "encom_not_found"
 NOT_FOUND_BODY = "No such app\\n"
@@ -118,6 +119,11 @@ class Options:
     balance: str = "random"
     maxconn: int = 0  # 0 = from the fd limit
     hard_stop_after: str = "30s"
+    access_log: bool = False  # send one line per HTTP request to `access_socket` (see access.py)
+
+    @property
+    def access_socket(self) -> Path:
+        return self.dir / "access.sock"
 
     @property
     def stats_socket(self) -> Path:
@@ -325,7 +331,20 @@ global
     stats timeout 30s
     hard-stop-after {options.hard_stop_after}
     ssl-default-bind-options ssl-min-ver TLSv1.2
-"""
+{_log_target(options)}"""
+
+
+def _log_target(options: Options) -> str:
+    return f"    log {options.access_socket} len 8192 format raw local0 info\n" if options.access_log else ""
+
+
+def _access_log(options: Options) -> str:
+    """The HTTP frontends' log lines (the request id is captured once the frontend has set it)."""
+    if not options.access_log:
+        return ""
+    return (
+        f'    log global\n    http-request capture req.hdr(x-request-id) len 64\n    log-format "{ACCESS_LOG_FORMAT}"\n'
+    )
 
 
 def _defaults() -> str:
@@ -378,7 +397,7 @@ frontend {name}
     http-request set-header X-Forwarded-Port %[dst_port]
     http-request set-header X-Request-Start t=%[date(0,ms)]
     http-request set-header X-Request-Id %[uuid] unless {{ req.hdr(x-request-id) -m found }}
-    http-request set-var(txn.host) req.hdr(host),field(1,:),lower
+{_access_log(options)}    http-request set-var(txn.host) req.hdr(host),field(1,:),lower
 {redirect}    http-request set-var-fmt(txn.hostpath) %[var(txn.host)]%[path]
     http-request set-var(txn.backend) var(txn.hostpath),map_beg({paths})
     http-request set-var(txn.backend) var(txn.host),map_str({hosts}) unless {{ var(txn.backend) -m found }}

@@ -26,6 +26,7 @@ from encom.api.types import Event, Route, ServiceEvent
 from encom.bootstrap.tls import router_cert_paths
 from encom.controller.client import ControllerClient
 from encom.discoverd.client import DiscoverdClient
+from encom.router.access import AccessLog, JobDirectory
 from encom.router.config import Options
 from encom.router.router import Router
 
@@ -45,6 +46,7 @@ def router_options(settings: Settings) -> Options:
         http_port=settings.ports.router_http,
         https_port=settings.ports.router_https,
         cert_pem=combined_cert(settings, directory),
+        access_log=True,
     )
 
 
@@ -63,9 +65,12 @@ def combined_cert(settings: Settings, directory: Path) -> Path | None:
 class Watches:
     """A discoverd watch per routed service, each rebuilding its backend's servers on every (re)connect."""
 
-    def __init__(self, discoverd: DiscoverdClient, router: Router, retry: float = 0.5) -> None:
+    def __init__(
+        self, discoverd: DiscoverdClient, router: Router, directory: JobDirectory | None = None, retry: float = 0.5
+    ) -> None:
         self.discoverd = discoverd
         self.router = router
+        self.directory = directory
         self.retry = retry
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.current: dict[str, asyncio.Event] = {}
@@ -115,6 +120,11 @@ class Watches:
 
     async def _on_event(self, service: str, event: ServiceEvent, initial: set[str] | None) -> set[str] | None:
         addr = event.instance.addr if event.instance is not None else None
+        if self.directory is not None and event.instance is not None:
+            if event.kind in ("up", "update"):
+                self.directory.up(event.instance)
+            elif event.kind == "down":
+                self.directory.down(event.instance.addr)
         if event.kind == "current":
             await self.router.set_backends(service, initial or set())
             self.current[service].set()
@@ -191,17 +201,28 @@ class RouteSync:
 async def run(ctx: RoleContext) -> None:
     settings = ctx.settings
     reserve_ports(settings.ports.tcp_route_start, settings.ports.tcp_route_end)
-    router = Router(router_options(settings))
+    options = router_options(settings)
+    async with DiscoverdClient(settings.discoverd_url, settings.internal_secret) as discoverd:
+        directory = JobDirectory(discoverd, settings.internal_secret)
+        access = asyncio.create_task(AccessLog(directory.locate, directory.deliver).run(options.access_socket))
+        try:
+            await serve(ctx, Router(options), discoverd, directory)
+        finally:
+            access.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await access
+            await directory.close()
+
+
+async def serve(ctx: RoleContext, router: Router, discoverd: DiscoverdClient, directory: JobDirectory) -> None:
+    settings = ctx.settings
     await router.start()
     ctx.ready.set()
     try:
-        async with (
-            ControllerClient(
-                settings.controller_url, settings.cluster_key, verify=ca_context(settings.ca_cert_path)
-            ) as controller,
-            DiscoverdClient(settings.discoverd_url, settings.internal_secret) as discoverd,
-        ):
-            watches = Watches(discoverd, router)
+        async with ControllerClient(
+            settings.controller_url, settings.cluster_key, verify=ca_context(settings.ca_cert_path)
+        ) as controller:
+            watches = Watches(discoverd, router, directory)
             try:
                 await RouteSync(controller, router, watches).run()
             finally:
