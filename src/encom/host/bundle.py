@@ -27,7 +27,13 @@ __encom_pid=$!
 while :; do
   wait "$__encom_pid"
   __encom_status=$?
-  kill -0 "$__encom_pid" 2>/dev/null || break
+  kill -0 "$__encom_pid" 2>/dev/null && continue
+  # A trap interrupts `wait` (status 128+signal) even when the command exits right after: ask again for the
+  # real status (127 when the first wait already collected it).
+  wait "$__encom_pid" 2>/dev/null
+  __encom_again=$?
+  [ "$__encom_again" -ne 127 ] && __encom_status=$__encom_again
+  break
 done
 exit "$__encom_status"
 """
