@@ -25,17 +25,33 @@ import pytest
 from encom.api.errors import ApiError
 from encom.api.role import RoleContext
 from encom.api.settings import Ports, Settings
-from encom.api.types import HealthCheck, HostJob, HostJobSpec, LogLine, Resources, RouterLogEntry, utcnow
+from encom.api.types import (
+    ArtifactCreate,
+    HealthCheck,
+    HostJob,
+    HostJobSpec,
+    Job,
+    LogLine,
+    ProcessType,
+    ReleaseCreate,
+    Resources,
+    RouterLogEntry,
+    utcnow,
+)
 from encom.blobstore import service as blobstore_service
 from encom.blobstore.client import BlobstoreClient
 from encom.bootstrap.daemon import become_subreaper
+from encom.bootstrap.tls import ensure_tls
+from encom.controller.client import ControllerClient
 from encom.discoverd import service as discoverd_service
 from encom.discoverd.client import HOST_SERVICE, DiscoverdClient
 from encom.host import service as host_service
 from encom.host.client import HostClient
 from encom.host.process import zombie_children
 from tests.integration import roles
-from tests.integration.roles import free_ports, start_role
+from tests.integration.conftest import PORTS as CONTROLLER_PORTS
+from tests.integration.conftest import running_controller
+from tests.integration.roles import free_port, free_ports, start_role
 
 pytestmark = [
     pytest.mark.integration,
@@ -99,6 +115,9 @@ class Cluster:
                 await asyncio.sleep(0.02)
 
         return await within(poll(), f"job {job_id} to reach {'/'.join(states)}", seconds=seconds)
+
+    async def add_job_of_other_app(self) -> HostJob:
+        return await self.host.add_job(spec(cmd=TICKER.format(name="other"), app_id="app-2"))
 
     async def log_lines(self, job_id: str, lines: int = 1000) -> list[LogLine]:
         """The app's own lines (not the host's `encom` lines about the job's state)."""
@@ -293,6 +312,98 @@ async def _collect(source: AsyncIterator[T]) -> list[T]:
     return [item async for item in source]
 
 
+TICKER = 'i=0; while true; do i=$((i+1)); echo "{name} $i $(date +%s.%N)"; sleep 0.3; done'
+
+
+@dataclass
+class Followed:
+    """What an app log follow received: (arrival time, line), and whether the history had ended."""
+
+    lines: list[tuple[float, LogLine]]
+    history: int | None = None  # how many lines came before the live ones (None: the history has not ended)
+
+    @property
+    def live(self) -> bool:
+        return self.history is not None
+
+    def app(self, prefix: str, live_only: bool = False) -> list[tuple[float, LogLine]]:
+        lines = self.lines[self.history or 0 :] if live_only else self.lines
+        return [(t, line) for t, line in lines if line.source == "app" and line.msg.startswith(prefix + " ")]
+
+    def latencies(self, prefix: str) -> list[float]:
+        """Seconds from the echo (its own `date` in the message) to the live line's arrival here."""
+        return [t - float(line.msg.split()[2]) for t, line in self.app(prefix, live_only=True)]
+
+
+async def _follow_into(source: AsyncIterator[LogLine | None], into: Followed) -> None:
+    async for line in source:
+        if line is None:
+            if into.history is None:
+                into.history = len(into.lines)
+        else:
+            into.lines.append((time.time(), line))
+
+
+async def test_app_log_follow_streams_every_job_live(cluster: Cluster) -> None:
+    first = await cluster.host.add_job(spec(cmd=TICKER.format(name="first")))
+    await cluster.add_job_of_other_app()
+    before = Followed([])
+    history = asyncio.create_task(_follow_into(cluster.host.follow_app_log("app-1", lines=100), before))
+    await within(_until(lambda: len(before.app("first")) >= 2), "the first job's first lines")
+    history.cancel()
+
+    followed = Followed([])
+    follower = asyncio.create_task(_follow_into(cluster.host.follow_app_log("app-1", lines=5), followed))
+    try:
+        await within(_until(lambda: followed.live), "the end of the history")
+        assert 0 < len(followed.lines) <= 5
+        second = await cluster.host.add_job(spec(cmd=TICKER.format(name="second"), dyno="web.2"))
+        await within(_until(lambda: len(followed.app("second")) >= 5), "five lines of a job started later")
+        await cluster.host.stop_job(first.id)
+        stopped_at = len(followed.app("second"))
+        await within(_until(lambda: len(followed.app("second")) >= stopped_at + 3), "lines after a job ended")
+        notes = [line.msg for _, line in followed.lines if line.source == "encom" and line.job_id == first.id]
+        assert "State changed from up to stopping" in notes or "State changed from stopping to down" in notes, notes
+        assert {line.app_id for _, line in followed.lines} == {"app-1"}
+        for name in ("first", "second"):
+            late = [round(s, 3) for s in followed.latencies(name)]
+            print(f"{name}: echo-to-follower latency {min(late):.3f}-{max(late):.3f} s over {len(late)} lines")
+            assert max(late) < 1.0, late
+        numbers = [int(line.msg.split()[1]) for _, line in followed.app("second")]
+        assert numbers == list(range(1, len(numbers) + 1)), numbers  # in order, none lost
+    finally:
+        follower.cancel()
+        await asyncio.gather(follower, return_exceptions=True)
+
+    only = Followed([])
+    one_job = cluster.host.follow_app_log("app-1", lines=3, job_id=second.id)
+    task = asyncio.create_task(_follow_into(one_job, only))
+    try:
+        await within(_until(lambda: len(only.app("second")) >= 5), "lines of one job")
+        assert {line.job_id for _, line in only.lines} == {second.id}
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert [line.job_id for line in await cluster.host.app_log("app-1", lines=3, job_id=first.id)] == [first.id] * 3
+    await cluster.host.stop_job(second.id)
+
+
+async def test_app_log_follow_sends_history_after_since(cluster: Cluster) -> None:
+    job = await cluster.host.add_job(spec(cmd="echo one; sleep 0.2; echo two; sleep 0.2; echo three"))
+    await cluster.wait_job(job.id, "down", "crashed")
+    lines = [line for line in await cluster.host.app_log("app-1", lines=100) if line.source == "app"]
+    assert [line.msg for line in lines] == ["one", "two", "three"]
+    followed = Followed([])
+    source = cluster.host.follow_app_log("app-1", lines=100, since=lines[0].timestamp)
+    task = asyncio.create_task(_follow_into(source, followed))
+    try:
+        await within(_until(lambda: followed.live), "the end of the history")
+        assert [line.msg for _, line in followed.lines if line.source == "app"] == ["two", "three"]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 async def test_nonzero_exit_is_crashed_with_status(cluster: Cluster) -> None:
     job = await cluster.host.add_job(spec(cmd="exit 3"))
     ended = await cluster.wait_job(job.id, "down", "crashed", "failed")
@@ -423,3 +534,72 @@ async def test_full_shutdown_stops_every_job(cluster: Cluster) -> None:
     with contextlib.suppress(FileNotFoundError):
         record = json.loads((cluster.settings.data_dir / "host" / "jobs" / job.id / "job.json").read_text())
         assert record["state"] == "down"
+
+
+# ---------------------------------------------------------------- the controller's follow through this real host
+
+
+async def test_controller_follow_survives_a_host_restart(cluster: Cluster) -> None:
+    ports = cluster.settings.ports.model_copy(update={"controller": free_port(*CONTROLLER_PORTS)})
+    settings = cluster.settings.model_copy(update={"ports": ports})
+    ensure_tls(settings)
+    async with running_controller(settings) as client:
+        app = await client.create_app("myapp")
+        artifact = await client.create_artifact(ArtifactCreate(url="/slugs/myapp.tgz"))
+        processes = {"web": ProcessType(cmd="true")}
+        body = ReleaseCreate(app_id=app.id, artifact_id=artifact.id, processes=processes)
+        release = await client.create_release(body)
+        first = await cluster.host.add_job(spec(cmd=TICKER.format(name="first"), app_id=app.id))
+        now = utcnow()
+        report = {"app_id": app.id, "release_id": release.id, "type": "web", "state": "up"}
+        await client.put_job(Job.model_validate(report | {"id": first.id, "created_at": now, "updated_at": now}))
+
+        await expect_api_error_status(400, _drain(client.app_log_stream("myapp", lines=0)))
+        await expect_api_error_status(400, _drain(client.app_log_stream("myapp", lines=10001, follow=True)))
+        await expect_api_error_status(404, _drain(client.app_log_stream("nosuch")))
+        missing = await expect_api_error_status(404, _drain(client.app_log_stream("myapp", job_id="nope")))
+        assert missing.message == "no job nope in app myapp"
+        await eventually(lambda: _has_app_lines(client, first.id), "the first job's lines via the controller")
+        one = [line async for line in client.app_log_stream("myapp", lines=2, job_id=first.id)]
+        assert [line.job_id for line in one if line is not None] == [first.id, first.id]
+
+        followed = Followed([])
+        follower = asyncio.create_task(_follow_into(client.app_log_stream("myapp", lines=3, follow=True), followed))
+        try:
+            await within(_until(lambda: followed.live), "the end of the merged history")
+            assert len(followed.lines) == 3
+            second = await cluster.host.add_job(spec(cmd=TICKER.format(name="second"), app_id=app.id, dyno="web.2"))
+            await within(_until(lambda: len(followed.app("second")) >= 4), "lines of a job started later")
+            late = followed.latencies("first") + followed.latencies("second")
+            print(f"controller follow: echo-to-client latency {min(late):.3f}-{max(late):.3f} s over {len(late)} lines")
+            assert max(late) < 1.0, late
+
+            await cluster.stop_host(detach=True)  # the containers keep running; the host's streams end
+            await asyncio.sleep(1.0)
+            await cluster.start_host()
+            seen = len(followed.app("second"))
+            await within(_until(lambda: len(followed.app("second")) >= seen + 5), "lines after the host restarted")
+            numbers = [int(line.msg.split()[1]) for _, line in followed.app("second")]
+            assert numbers == list(range(1, len(numbers) + 1)), numbers  # caught up: nothing lost, nothing twice
+            assert not follower.done()
+        finally:
+            follower.cancel()
+            await asyncio.gather(follower, return_exceptions=True)
+        for job in (first, second):
+            await cluster.host.stop_job(job.id)
+
+
+async def _drain(source: AsyncIterator[Any]) -> None:
+    async for _ in source:
+        pass
+
+
+async def expect_api_error_status(status: int, awaitable: Awaitable[Any]) -> ApiError:
+    error = await expect_api_error(awaitable)
+    assert error.status == status, error
+    return error
+
+
+async def _has_app_lines(client: ControllerClient, job_id: str) -> bool:
+    lines = [line async for line in client.app_log_stream("myapp", lines=50)]
+    return any(line is not None and line.job_id == job_id and line.source == "app" for line in lines)

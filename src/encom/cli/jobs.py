@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import click
@@ -60,13 +61,30 @@ def ps(include_ended: bool) -> None:
     print_table(PS_HEADER, job_rows(listing))
 
 
+MAX_LOG_LINES = 10000
+
+
 @click.command("log")
 @app_options
-@click.option("-n", "--lines", type=click.IntRange(min=1), default=100, show_default=True, help="how many lines")
+@click.option(
+    "-n", "--lines", type=click.IntRange(1, MAX_LOG_LINES), default=100, show_default=True, help="how many lines"
+)
+@click.option("-f", "--follow", is_flag=True, help="keep printing new lines as they are written (Ctrl-C stops)")
 @click.option("-t", "--type", "process_type", help="only this process type")
-def log(lines: int, process_type: str | None) -> None:
-    """Show the app's recent log lines."""
+@click.option("-j", "--job", "job_id", help="only this job (an id from `encom ps`)")
+@click.option("-s", "--split-stderr", is_flag=True, help="print the jobs' stderr lines to stderr")
+@click.option("--raw", is_flag=True, help="only the messages, without time and source")
+def log(lines: int, follow: bool, process_type: str | None, job_id: str | None, split_stderr: bool, raw: bool) -> None:
+    """Show the app's log lines (every job, across deploys and restarts), oldest first."""
     target = current_target()
-    found: list[LogLine] = call(target.cluster, lambda c: c.app_log(target.app, lines, process_type))
-    for line in found:
-        click.echo(line.format())
+
+    def show(line: LogLine) -> None:
+        click.echo(line.msg if raw else line.format(), err=split_stderr and line.stream == "stderr")
+
+    async def stream(client: ControllerClient) -> None:
+        async for line in client.app_log_stream(target.app, lines, process_type, job_id, follow):
+            if line is not None:
+                show(line)
+
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends a follow; nothing to report
+        call(target.cluster, stream)

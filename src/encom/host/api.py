@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import datetime
 
 from fastapi import APIRouter, Depends, FastAPI
 from fastapi.responses import Response, StreamingResponse
@@ -66,8 +67,21 @@ def build_app(jobs: JobManager, secret: str, url: str) -> FastAPI:
         return Response(status_code=204)
 
     @router.get("/logs")
-    async def app_logs(app_id: str, lines: int = 100, process_type: str | None = None) -> list[LogLine]:
-        return jobs.app_log(app_id, _lines(lines), process_type)
+    async def app_logs(
+        app_id: str, lines: int = 100, process_type: str | None = None, job_id: str | None = None
+    ) -> list[LogLine]:
+        return jobs.app_log(app_id, _lines(lines), process_type, job_id)
+
+    @router.get("/logs/follow")
+    async def follow_app_logs(
+        app_id: str,
+        lines: int = 100,
+        process_type: str | None = None,
+        job_id: str | None = None,
+        since: datetime | None = None,
+    ) -> StreamingResponse:
+        source = jobs.follow_app_log(app_id, _lines(lines), process_type, job_id, since)
+        return StreamingResponse(_follow_ndjson(source), media_type="application/x-ndjson")
 
     app.include_router(router)
     return app
@@ -83,6 +97,22 @@ async def _events(jobs: JobManager) -> AsyncIterator[SSEMessage]:
             yield message(HostJobEvent(host_id=host_id, job=job))
     finally:
         jobs.deps.events.unsubscribe(queue)
+
+
+LIVE_MARK = b'{"live":true}\n'
+
+
+async def _follow_ndjson(source: AsyncIterator[LogLine | None]) -> AsyncIterator[bytes]:
+    """Lines, `{"live":true}` once the history has been sent, and empty lines as keepalives."""
+    live = False
+    async for line in source:
+        if line is not None:
+            yield (line.model_dump_json() + "\n").encode()
+        elif not live:
+            live = True
+            yield LIVE_MARK
+        else:
+            yield b"\n"
 
 
 async def _ndjson(source: AsyncIterator[LogLine]) -> AsyncIterator[bytes]:

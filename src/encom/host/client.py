@@ -13,9 +13,14 @@ API:
                                                its output is drained
   POST   /host/jobs/{job_id}/router-log  RouterLog -> 204: the router's access lines for requests the job served
                                                join its log as `router[web.1]: …` (404 unknown job)
-  GET    /host/logs?app_id=...&lines=N[&process_type=T]
+  GET    /host/logs?app_id=...&lines=N[&process_type=T][&job_id=J]
                                               -> list[LogLine]: the last N lines of that app's jobs on this host,
                                                oldest first
+  GET    /host/logs/follow?app_id=...&lines=N[&process_type=T][&job_id=J][&since=RFC3339]
+                                              NDJSON: the same last N lines (only those after `since` when given),
+                                               then `{"live":true}`, then each new line of the app's jobs as it is
+                                               written (jobs started later included) until the host shuts down;
+                                               an empty line after 10 s without one (a keepalive)
 State meanings: "up" = the process runs and its health check (if any) passed, and it is registered in
 discoverd; "down" = exited 0 or stopped on request; "crashed" = exited non-zero (exit_status set;
 137 + error "out of memory" when OOM-killed); "failed" = could not start (error says why).
@@ -24,8 +29,12 @@ discoverd; "down" = exited 0 or stopped on request; "crashed" = exited non-zero 
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from collections.abc import AsyncIterator
+from datetime import datetime
+
+import httpx
 
 from encom.api.client import ApiClient
 from encom.api.errors import ApiError
@@ -33,6 +42,7 @@ from encom.api.types import HostJob, HostJobEvent, HostJobSpec, HostStatus, LogL
 from encom.discoverd.client import HOST_SERVICE, DiscoverdClient
 
 ENDED_STATES = ("down", "crashed", "failed")
+FOLLOW_IDLE_TIMEOUT = 30.0  # the host sends a keepalive after 10 s of silence
 
 
 class HostClient(ApiClient):
@@ -76,11 +86,45 @@ class HostClient(ApiClient):
         body = RouterLog(lines=lines).model_dump(mode="json")
         await self.request("POST", f"/host/jobs/{job_id}/router-log", json=body)
 
-    async def app_log(self, app_id: str, lines: int = 100, process_type: str | None = None) -> list[LogLine]:
-        params: dict[str, str | int] = {"app_id": app_id, "lines": lines}
-        if process_type is not None:
-            params["process_type"] = process_type
+    async def app_log(
+        self, app_id: str, lines: int = 100, process_type: str | None = None, job_id: str | None = None
+    ) -> list[LogLine]:
+        params = _log_params(app_id, lines, process_type, job_id)
         return await self.get_list(LogLine, "/host/logs", params=params)
+
+    async def follow_app_log(
+        self,
+        app_id: str,
+        lines: int = 100,
+        process_type: str | None = None,
+        job_id: str | None = None,
+        since: datetime | None = None,
+        idle_timeout: float = FOLLOW_IDLE_TIMEOUT,
+    ) -> AsyncIterator[LogLine | None]:
+        """The app's last lines, None at the end of that history, then its new lines until the host ends the
+        stream. Raises ApiError (503) when nothing, not even a keepalive, came for `idle_timeout` seconds."""
+        params = _log_params(app_id, lines, process_type, job_id)
+        if since is not None:
+            params["since"] = since.isoformat()
+        timeout = httpx.Timeout(None, connect=5.0, read=idle_timeout)
+        async with self.stream("GET", "/host/logs/follow", params=params, timeout=timeout) as response:
+            try:
+                async for text in response.aiter_lines():
+                    if not text.strip():
+                        continue
+                    item = json.loads(text)
+                    yield None if item == {"live": True} else LogLine.model_validate(item)
+            except httpx.TransportError as exc:
+                raise ApiError("unavailable", f"lost the log stream of {self.base_url}: {exc}", 503) from exc
+
+
+def _log_params(app_id: str, lines: int, process_type: str | None, job_id: str | None) -> dict[str, str | int]:
+    params: dict[str, str | int] = {"app_id": app_id, "lines": lines}
+    if process_type is not None:
+        params["process_type"] = process_type
+    if job_id is not None:
+        params["job_id"] = job_id
+    return params
 
 
 async def pick_host(discoverd: DiscoverdClient, secret: str, prefer: str | None = None) -> HostClient:

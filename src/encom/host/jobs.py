@@ -7,6 +7,7 @@ import contextlib
 import logging
 import shutil
 from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from pydantic import ValidationError as PydanticValidationError
@@ -15,6 +16,7 @@ from encom.api.errors import Conflict, NotFound, ValidationError
 from encom.api.types import HostJob, HostJobSpec, LogLine, utcnow
 from encom.host import process
 from encom.host.bundle import JOB_ID_RE
+from encom.host.logs import JobLog, Pulse, follow_many, merged_tail
 from encom.host.runner import RECORD, HostDeps, JobRunner
 from encom.host.runtime import RuncError
 
@@ -23,6 +25,7 @@ log = logging.getLogger(__name__)
 HISTORY_KEEP = 200  # ended jobs kept (record + logs)
 ACTIVE = ("starting", "up", "stopping")
 SHUTDOWN_GRACE = 2.0
+LIVE_AFTER_END = timedelta(seconds=30)  # an ended job's log is still followed this long (late router lines)
 
 
 def validate_spec(spec: HostJobSpec) -> None:
@@ -39,6 +42,7 @@ class JobManager:
         self.deps = deps
         self.dir = jobs_dir
         self.runners: dict[str, JobRunner] = {}
+        self.log_changed = Pulse()  # fires on every append to any job's log, and when a job is added
         jobs_dir.mkdir(parents=True, exist_ok=True)
 
     # ------------------------------------------------------------------ queries
@@ -71,7 +75,7 @@ class JobManager:
         job = HostJob(spec=spec, host_id=self.deps.host_id, state="starting", port=port, created_at=utcnow())
         (self.dir / spec.id).mkdir()
         runner = JobRunner(self.deps, job, self.dir / spec.id)
-        self.runners[spec.id] = runner
+        self._track(runner)
         runner.persist()
         self.deps.events.publish(job)
         runner.start()
@@ -95,14 +99,44 @@ class JobManager:
 
     # ------------------------------------------------------------------ logs
 
-    def app_log(self, app_id: str, lines: int, process_type: str | None) -> list[LogLine]:
-        merged: list[LogLine] = []
-        for runner in self.runners.values():
-            spec = runner.job.spec
-            if spec.app_id == app_id and (process_type is None or spec.process_type == process_type):
-                merged.extend(runner.log.tail(lines))
-        merged.sort(key=lambda line: line.timestamp)
-        return merged[-lines:] if lines > 0 else []
+    def _track(self, runner: JobRunner) -> None:
+        runner.log.also = self.log_changed
+        self.runners[runner.id] = runner
+        self.log_changed.fire()
+
+    def _app_runners(self, app_id: str, process_type: str | None, job_id: str | None) -> list[JobRunner]:
+        return [
+            r
+            for r in self.runners.values()
+            if r.job.spec.app_id == app_id
+            and (process_type is None or r.job.spec.process_type == process_type)
+            and (job_id is None or r.id == job_id)
+        ]
+
+    def app_log(self, app_id: str, lines: int, process_type: str | None, job_id: str | None = None) -> list[LogLine]:
+        return merged_tail([r.log for r in self._app_runners(app_id, process_type, job_id)], lines)
+
+    def follow_app_log(
+        self,
+        app_id: str,
+        lines: int,
+        process_type: str | None,
+        job_id: str | None = None,
+        since: datetime | None = None,
+    ) -> AsyncIterator[LogLine | None]:
+        """The app's last lines, None, then its new lines as they come (jobs started later too) until the host
+        shuts down; a None also now and then as a keepalive (see `follow_many`)."""
+
+        def live() -> list[JobLog]:
+            cutoff = utcnow() - LIVE_AFTER_END
+            return [
+                r.log
+                for r in self._app_runners(app_id, process_type, job_id)
+                if not r.ended.is_set() or (r.job.ended_at or cutoff) > cutoff
+            ]
+
+        history = [r.log for r in self._app_runners(app_id, process_type, job_id)]
+        return follow_many(history, live, lines, self.log_changed, lambda: self.deps.events.closed, since)
 
     def job_log(self, job_id: str, lines: int, follow: bool) -> AsyncIterator[LogLine]:
         runner = self.runner(job_id)
@@ -125,7 +159,7 @@ class JobManager:
             if job is None:
                 continue
             runner = JobRunner(self.deps, job, record.parent)
-            self.runners[job.id] = runner
+            self._track(runner)
             if job.state not in ACTIVE:
                 continue
             container = containers.pop(job.id, None)

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 from collections.abc import AsyncIterator, Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
@@ -24,6 +25,7 @@ RAW_TRUNCATE_BYTES = 16 << 20  # a fully consumed raw file beyond this is trunca
 READ_CHUNK = 1 << 16
 POLL_MIN = 0.02
 POLL_MAX = 0.25
+KEEPALIVE = 10.0  # seconds of silence before an app log follower sends a keepalive
 
 Stream = Literal["stdout", "stderr"]
 STREAMS: tuple[Stream, ...] = ("stdout", "stderr")
@@ -90,6 +92,7 @@ class JobLog:
         self.path = job_dir / "log.jsonl"
         self.old = job_dir / "log.1.jsonl"
         self.changed = Pulse()
+        self.also: Pulse | None = None  # the host's "some log changed" pulse (app log followers wait on it)
 
     def append(self, lines: list[LogLine]) -> None:
         if not lines:
@@ -101,6 +104,14 @@ class JobLog:
         if size > LOG_ROTATE_BYTES:
             self.path.replace(self.old)
         self.changed.fire()
+        if self.also is not None:
+            self.also.fire()
+
+    def size(self) -> int:
+        try:
+            return self.path.stat().st_size
+        except FileNotFoundError:
+            return 0
 
     def tail(self, n: int) -> list[LogLine]:
         if n <= 0:
@@ -131,6 +142,58 @@ class JobLog:
             if done:
                 return
             await self.changed.wait(1.0)
+
+
+def merged_tail(logs: list[JobLog], n: int, since: datetime | None = None) -> list[LogLine]:
+    """The last n lines of these logs together (after `since`, when given), oldest first."""
+    if n <= 0:
+        return []
+    merged = [line for job_log in logs for line in job_log.tail(n) if since is None or line.timestamp > since]
+    merged.sort(key=lambda line: line.timestamp)
+    return merged[-n:]
+
+
+async def follow_many(
+    history: list[JobLog],
+    live: Callable[[], list[JobLog]],
+    n: int,
+    changed: Pulse,
+    ended: Callable[[], bool],
+    since: datetime | None = None,
+    idle: float = KEEPALIVE,
+) -> AsyncIterator[LogLine | None]:
+    """The last n lines of the `history` logs merged by time (after `since`, when given), then None (the end of
+    the history), then the new lines of every log `live()` returns from then on (jobs that start later too: a
+    log not in `history` is read from its start), each batch in time order, until `ended()`. After `idle`
+    seconds without a line, a None again (a keepalive). `changed` fires on every append to any log."""
+    offsets = {job_log.path: job_log.size() for job_log in history}
+    for line in merged_tail(history, n, since):  # no await since the offsets: appends happen in this loop
+        yield line
+    yield None
+    pending: dict[Path, bytes] = {}
+    loop = asyncio.get_running_loop()
+    quiet_since = loop.time()
+    while True:
+        done = ended()  # read before draining so nothing written before the end is missed
+        batch: list[bytes] = []
+        for job_log in live():
+            data, offsets[job_log.path] = _read_from(job_log.path, offsets.get(job_log.path, 0))
+            if data:
+                *complete, pending[job_log.path] = (pending.get(job_log.path, b"") + data).split(b"\n")
+                batch.extend(complete)
+        lines = _parse(batch)
+        if lines:
+            lines.sort(key=lambda line: line.timestamp)
+            for line in lines:
+                yield line
+            quiet_since = loop.time()
+            continue  # more may have come meanwhile; only an empty read may end or wait
+        if done:
+            return
+        if loop.time() - quiet_since >= idle:
+            yield None
+            quiet_since = loop.time()
+        await changed.wait(min(1.0, max(0.01, quiet_since + idle - loop.time())))
 
 
 def _read_from(path: Path, offset: int) -> tuple[bytes, int]:
