@@ -4,16 +4,20 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 
 from encom.api.types import (
     DEFAULT_STOP_GRACE,
     App,
     Artifact,
     HealthCheck,
+    HostJob,
     HostJobSpec,
+    Job,
     Release,
     is_web_type,
     service_name,
+    utcnow,
 )
 
 
@@ -91,8 +95,18 @@ def one_off_spec(
 ) -> HostJobSpec:
     """A one-off job running a process type's command once (process_type "" on the host, so no scheduler
     adopts it as a formation job). It gets a PORT like any dyno but no service and no check."""
-    job_id = job_id or new_job_id()
+    spec = command_spec(app, release, artifact, release.processes[process_type].cmd, dyno, job_id)
     process = release.processes[process_type]
+    env = job_env(app, release, process_type, dyno, spec.id)
+    return spec.model_copy(update={"env": env, "resources": process.resources})
+
+
+def command_spec(
+    app: App, release: Release, artifact: Artifact | None, cmd: str, dyno: str, job_id: str | None = None
+) -> HostJobSpec:
+    """A one-off job running `cmd` (through the slug runner, like a Procfile command) with the release's env:
+    `encom run`."""
+    job_id = job_id or new_job_id()
     return HostJobSpec(
         id=job_id,
         app_id=app.id,
@@ -100,9 +114,27 @@ def one_off_spec(
         release_id=release.id,
         dyno=dyno,
         artifact_url=artifact.url if artifact else None,
-        cmd=process.cmd,
-        env=job_env(app, release, process_type, dyno, job_id),
+        cmd=cmd,
+        env=job_env(app, release, "", dyno, job_id),
         port=True,
-        resources=process.resources,
         stop_grace=stop_grace(app),
+    )
+
+
+def controller_job(host_job: HostJob, restarts: int, updated_at: datetime | None = None) -> Job:
+    """The controller's record of a host job."""
+    spec = host_job.spec
+    return Job(
+        id=spec.id,
+        app_id=spec.app_id,
+        release_id=spec.release_id,
+        type=spec.process_type,
+        host_id=host_job.host_id,
+        state=host_job.state,
+        port=host_job.port,
+        exit_status=host_job.exit_status,
+        error=host_job.error,
+        restarts=restarts,
+        created_at=host_job.created_at,
+        updated_at=updated_at or utcnow(),
     )

@@ -207,6 +207,12 @@ class Job(Wire):
     updated_at: datetime
 
 
+class JobRun(Wire):
+    """`encom run`: a one-off job of the current release running `args` (joined as a shell command line)."""
+
+    args: list[str] = Field(max_length=1000)
+
+
 class RouteCreate(Wire):
     type: Literal["http", "tcp"] = "http"
     domain: str | None = None  # http only

@@ -10,7 +10,7 @@ import httpx
 import pydantic
 
 from encom.api.errors import ApiError
-from encom.cli import apps, clusters, env, jobs, keys, limits, meta, release_commands, routes, scale
+from encom.cli import apps, clusters, env, jobs, keys, limits, meta, release_commands, routes, run, scale
 from encom.cli.context import Selection, app_options
 from encom.cli.output import CliError
 
@@ -62,6 +62,8 @@ for command in (
     scale.scale,
     jobs.ps,
     jobs.log,
+    run.run,
+    run.kill,
     env.env_group,
     limits.limit_group,
     meta.meta_group,

@@ -36,6 +36,7 @@ from encom.api.types import (
     Formation,
     FormationUpdate,
     Job,
+    JobRun,
     Key,
     KeyCreate,
     LogLine,
@@ -45,7 +46,7 @@ from encom.api.types import (
     RouteCreate,
     RouteUpdate,
 )
-from encom.controller import apps, convert, deployments, formations, jobs, keys, limits, logs, releases, routes
+from encom.controller import apps, convert, deployments, formations, jobs, keys, limits, logs, oneoff, releases, routes
 from encom.controller.db import Database
 from encom.controller.events import EventHub
 
@@ -221,6 +222,18 @@ def _jobs(router: APIRouter, ctl: Controller) -> None:
         with db.read() as s:
             return jobs.list_jobs(s, None, all)
 
+    @router.post("/apps/{app}/jobs", status_code=201)
+    async def run_job(app: str, body: JobRun) -> Job:
+        return await oneoff.run(ctl.settings, db, app, body)
+
+    @router.get("/apps/{app}/jobs/{job_id}")
+    def get_app_job(app: str, job_id: str) -> Job:
+        return oneoff.find_job(db, app, job_id)
+
+    @router.delete("/apps/{app}/jobs/{job_id}")
+    async def kill_job(app: str, job_id: str) -> Job:
+        return await oneoff.kill(ctl.settings, db, app, job_id)
+
     @router.put("/jobs/{job_id}")
     def put_job(job_id: str, body: Job) -> Job:
         with db.write() as s:
@@ -263,6 +276,15 @@ def _logs(router: APIRouter, ctl: Controller) -> None:
         logs.check_lines(lines)
         app_id = await asyncio.to_thread(_app_id, ctl.db, app)
         return await logs.app_log(ctl.settings, app_id, lines, process_type)
+
+    @router.get("/apps/{app}/log/stream")
+    async def app_log_stream(
+        app: str, lines: int = 100, process_type: str | None = None, job_id: str | None = None, follow: bool = False
+    ) -> StreamingResponse:
+        logs.check_lines(lines)
+        app_id = await asyncio.to_thread(logs.log_target, ctl.db, app, job_id)
+        body = await logs.ndjson(ctl.settings, app_id, lines, process_type, job_id, follow, lambda: ctl.hub.closed)
+        return StreamingResponse(body, media_type="application/x-ndjson")
 
 
 def _app_id(db: Database, ref: str) -> str:

@@ -36,6 +36,11 @@ API (errors are {"code", "message"}: 400 validation_error, 401 unauthorized, 404
   GET    /formations/{app_id}/{release_id}          -> ExpandedFormation
   GET    /apps/{app}/jobs[?all=true]                -> list[Job] (active ones unless all)
   GET    /jobs[?all=true]                           -> list[Job] across apps (the scheduler's view)
+  POST   /apps/{app}/jobs         JobRun            -> 201 Job: a one-off job of the current release running `args`
+                                                       (400 `App has no release, push first`, 400 empty command)
+  GET    /apps/{app}/jobs/{job}                     -> Job (`job`: an id or a unique prefix of 6+ characters)
+  DELETE /apps/{app}/jobs/{job}                     -> Job: stopped (409 when not running); the scheduler replaces
+                                                       a formation job, not a one-off
   PUT    /jobs/{job_id}           Job               -> Job (upsert; the scheduler reports states here)
   POST   /apps/{app}/routes       RouteCreate       -> 201 Route (409 `Duplicate route` or a taken tcp port;
                                                        400 naming the problem: bad domain or path, tcp port outside
@@ -79,6 +84,7 @@ from encom.api.types import (
     Formation,
     FormationUpdate,
     Job,
+    JobRun,
     Key,
     KeyCreate,
     LogLine,
@@ -200,6 +206,15 @@ class ControllerClient(ApiClient):
         params = {"all": "true"} if include_ended else None
         return await self.get_list(Job, f"/apps/{app}/jobs", params=params)
 
+    async def run_job(self, app: str, args: list[str]) -> Job:
+        return await self.send_model("POST", Job, f"/apps/{app}/jobs", JobRun(args=args))
+
+    async def get_job(self, app: str, job: str) -> Job:
+        return await self.get_model(Job, f"/apps/{app}/jobs/{quote(job, safe='')}")
+
+    async def kill_job(self, app: str, job: str) -> Job:
+        return await self.send_model("DELETE", Job, f"/apps/{app}/jobs/{quote(job, safe='')}")
+
     async def all_jobs(self, include_ended: bool = False) -> list[Job]:
         params = {"all": "true"} if include_ended else None
         return await self.get_list(Job, "/jobs", params=params)
@@ -229,6 +244,27 @@ class ControllerClient(ApiClient):
         if process_type is not None:
             params["process_type"] = process_type
         return await self.get_list(LogLine, f"/apps/{app}/log", params=params)
+
+    async def app_log_stream(
+        self,
+        app: str,
+        lines: int = 100,
+        process_type: str | None = None,
+        job_id: str | None = None,
+        follow: bool = False,
+    ) -> AsyncIterator[LogLine | None]:
+        """GET /apps/{app}/log/stream?lines=N[&process_type=T][&job_id=J][&follow=true] (NDJSON): the app's last
+        N lines from every host, oldest first (400 lines outside 1-10000; 404 unknown app, or a job not the
+        app's: `no job J in app A`). With follow, then `{"live":true}` (yielded as None) and every new line as
+        it is written, of jobs started later too, from hosts that join later too, until the client leaves;
+        an empty line (skipped) after 10 s without one."""
+        params: dict[str, Any] = {"lines": lines, "follow": "true" if follow else "false"}
+        if process_type is not None:
+            params["process_type"] = process_type
+        if job_id is not None:
+            params["job_id"] = job_id
+        async for item in self.ndjson(f"/apps/{app}/log/stream", params=params):
+            yield None if item == {"live": True} else LogLine.model_validate(item)
 
     async def last_event_id(self) -> int:
         return int((await self.get_json("/events/last"))["id"])

@@ -398,7 +398,11 @@ class Scheduler:
             self.trigger()
 
     def _report(self, change: Change | None) -> None:
-        if change is not None and change.is_formation_job and self.is_leader:
+        """Formation jobs and one-off jobs of a release (`encom run`, the release phase); not builds."""
+        if change is None or not self.is_leader:
+            return
+        spec = change.host_job.spec
+        if not spec.builder and spec.release_id:
             self.reporter.report(controller_job(change.host_job, change.restarts))
 
     # ------------------------------------------------------------ reconcile
