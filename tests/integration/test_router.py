@@ -284,6 +284,34 @@ async def test_path_and_wildcard_routes(router: Router, client: httpx.AsyncClien
     assert (await get(client, "w.test")).status_code == 404
 
 
+async def test_first_path_and_wildcard_routes_bring_their_lookups(
+    router: Router, client: httpx.AsyncClient, backends: MakeBackends
+) -> None:
+    # Without path or wildcard routes the config has no lookup for them (a cost on every request): the first
+    # one of each kind reloads with it. (After a reload, a connection kept alive from before gets one last
+    # answer from the old worker: hence a request before each check.)
+    root, api, wild = await backends(3)
+    await router.set_routes([http_route("p.test", "root-web")])
+    await router.backend_up("root-web", root.addr)
+    await router.backend_up("api-web", api.addr)
+    await router.backend_up("w-web", wild.addr)
+    assert "map_beg" not in router.options.config_path.read_text()
+    assert (await get(client, "p.test", "/api/x")).json()["port"] == root.port
+    api_route = http_route("p.test", "api-web", "/api")
+    await router.add_route(api_route)
+    await router.backend_up("api-web", api.addr)
+    await get(client, "p.test", "/")
+    assert (await get(client, "p.test", "/api/x")).json()["port"] == api.port
+    await router.add_route(http_route("*.w.test", "w-web"))
+    await router.backend_up("w-web", wild.addr)
+    await get(client, "p.test", "/")
+    assert (await get(client, "deep.x.w.test")).json()["port"] == wild.port
+    assert "map_beg" in router.options.config_path.read_text()
+    await router.remove_route(api_route.id)
+    await get(client, "p.test", "/")
+    assert (await get(client, "p.test", "/api/x")).json()["port"] == root.port
+
+
 # ---------------------------------------------------------------- runtime changes and reloads
 
 

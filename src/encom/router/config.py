@@ -52,7 +52,9 @@ _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 Mode = Literal["http", "tcp"]
 # (backends (name, mode, sticky), TCP frontends (port, backend), certificates (name, SNI filter, sha256 of the PEM))
-Layout = tuple[frozenset[tuple[str, Mode, bool]], frozenset[tuple[int, str]], frozenset[tuple[str, str, str]]]
+Layout = tuple[
+    frozenset[tuple[str, Mode, bool]], frozenset[tuple[int, str]], frozenset[tuple[str, str, str]], tuple[bool, bool]
+]
 
 
 @dataclass(frozen=True)
@@ -92,10 +94,11 @@ class Snapshot:
 
     def layout(self) -> Layout:
         """What only a reload can change: the set of backends (and their stickiness), of TCP frontends and of
-        certificates."""
+        certificates, and whether path and wildcard routes exist (their lookups are left out of the config when
+        none does: each costs every request a map lookup)."""
         backends = frozenset((b.name, b.mode, b.sticky) for b in self.backends.values())
         certs = frozenset((c.name, c.sni, c.digest) for c in self.certs)
-        return backends, frozenset(self.tcp_frontends.items()), certs
+        return backends, frozenset(self.tcp_frontends.items()), certs, (bool(self.paths), bool(self.wildcards))
 
     def maps(self) -> dict[str, list[tuple[str, str]]]:
         return {
@@ -309,10 +312,10 @@ def render_config(snapshot: Snapshot, options: Options) -> str:
     sections = [
         _global(snapshot, options),
         _defaults(),
-        _http_frontend(options, tls=False),
+        _http_frontend(options, snapshot, tls=False),
     ]
     if options.https:
-        sections.append(_http_frontend(options, tls=True))
+        sections.append(_http_frontend(options, snapshot, tls=True))
     sections.append(_not_found_backend())
     for port, name in sorted(snapshot.tcp_frontends.items()):
         sections.append(_tcp_frontend(port, name, options))
@@ -367,7 +370,21 @@ defaults
 """
 
 
-def _http_frontend(options: Options, tls: bool) -> str:
+def _route_lookups(options: Options, snapshot: Snapshot) -> str:
+    """Path routes first (longest prefix), then the exact host, then wildcards (most specific)."""
+    paths, hosts, wildcards = (options.map_path(n) for n in ("paths", "hosts", "wildcards"))
+    unless = "unless { var(txn.backend) -m found }"
+    lines = []
+    if snapshot.paths:
+        lines.append("    http-request set-var-fmt(txn.hostpath) %[var(txn.host)]%[path]")
+        lines.append(f"    http-request set-var(txn.backend) var(txn.hostpath),map_beg({paths})")
+    lines.append(f"    http-request set-var(txn.backend) var(txn.host),map_str({hosts}) {unless}")
+    if snapshot.wildcards:
+        lines.append(f"    http-request set-var(txn.backend) var(txn.host),map_end({wildcards}) {unless}")
+    return "\n".join(lines) + "\n"
+
+
+def _http_frontend(options: Options, snapshot: Snapshot, tls: bool) -> str:
     if tls:
         assert options.cert_pem is not None and options.https_port is not None
         bind = (
@@ -377,7 +394,6 @@ def _http_frontend(options: Options, tls: bool) -> str:
         name, proto = "https", "https"
     else:
         bind, name, proto = f"{options.bind}:{options.http_port}", "http", "http"
-    paths, hosts, wildcards = (options.map_path(n) for n in ("paths", "hosts", "wildcards"))
     redirect = ""
     if not tls and options.https:
         port = "" if options.https_port == 443 else f":{options.https_port}"
@@ -398,11 +414,7 @@ frontend {name}
     http-request set-header X-Request-Start t=%[date(0,ms)]
     http-request set-header X-Request-Id %[uuid] unless {{ req.hdr(x-request-id) -m found }}
 {_access_log(options)}    http-request set-var(txn.host) req.hdr(host),field(1,:),lower
-{redirect}    http-request set-var-fmt(txn.hostpath) %[var(txn.host)]%[path]
-    http-request set-var(txn.backend) var(txn.hostpath),map_beg({paths})
-    http-request set-var(txn.backend) var(txn.host),map_str({hosts}) unless {{ var(txn.backend) -m found }}
-    http-request set-var(txn.backend) var(txn.host),map_end({wildcards}) unless {{ var(txn.backend) -m found }}
-    use_backend %[var(txn.backend)] if {{ var(txn.backend) -m found }}
+{redirect}{_route_lookups(options, snapshot)}    use_backend %[var(txn.backend)] if {{ var(txn.backend) -m found }}
     default_backend {NOT_FOUND_BACKEND}
 """
 

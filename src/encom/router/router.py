@@ -429,8 +429,9 @@ def fit_layout(target: Snapshot, layout: Snapshot) -> Snapshot:
         target,
         backends=backends,
         hosts={k: v for k, v in target.hosts.items() if v in known},
-        paths=tuple((k, v) for k, v in target.paths if v in known),
-        wildcards=tuple((k, v) for k, v in target.wildcards if v in known),
+        # the running config has no path (wildcard) lookup when it was rendered without such routes
+        paths=tuple((k, v) for k, v in target.paths if v in known) if layout.paths else (),
+        wildcards=tuple((k, v) for k, v in target.wildcards if v in known) if layout.wildcards else (),
         tcp_frontends=dict(layout.tcp_frontends),
         certs=layout.certs,
     )
