@@ -517,7 +517,8 @@ async def test_detach_leaves_haproxy_running_for_adoption(
             pytest.fail("the adopted HAProxy was not stopped")
 
 
-async def test_https_with_sni_and_alpn(tmp_path: Path, backends: MakeBackends) -> None:
+def cluster_cert(tmp_path: Path) -> Path:
+    """A CA and the cluster wildcard `*.encom.test` issued by it, chain and key in one file (as HAProxy wants)."""
     from encom.bootstrap.tls import create_ca, issue_cert
 
     tls = tmp_path / "tls"
@@ -526,6 +527,11 @@ async def test_https_with_sni_and_alpn(tmp_path: Path, backends: MakeBackends) -
     issue_cert(tls / "ca.pem", tls / "ca-key.pem", ["encom.test", "*.encom.test"], tls / "c.pem", tls / "k.pem")
     combined = tls / "combined.pem"
     combined.write_text((tls / "c.pem").read_text() + (tls / "k.pem").read_text())
+    return combined
+
+
+async def test_https_with_sni_and_alpn(tmp_path: Path, backends: MakeBackends) -> None:
+    combined = cluster_cert(tmp_path)
     (tmp_path / "router").mkdir()
     r = Router(options(tmp_path, https_port=HTTPS_PORT, cert_pem=combined))
     (a,) = await backends(1)
@@ -533,12 +539,12 @@ async def test_https_with_sni_and_alpn(tmp_path: Path, backends: MakeBackends) -
     try:
         await r.set_routes([http_route("app.encom.test", "app-web")])
         await r.backend_up("app-web", a.addr)
-        ctx = ssl.create_default_context(cafile=str(tls / "ca.pem"))
+        ctx = ssl.create_default_context(cafile=str(combined.parent / "ca.pem"))
         ctx.set_alpn_protocols(["h2", "http/1.1"])
         _, writer = await asyncio.open_connection("127.0.0.1", HTTPS_PORT, ssl=ctx, server_hostname="app.encom.test")
         assert writer.get_extra_info("ssl_object").selected_alpn_protocol() == "h2"
         writer.close()
-        async with httpx.AsyncClient(verify=ssl.create_default_context(cafile=str(tls / "ca.pem"))) as c:
+        async with httpx.AsyncClient(verify=ssl.create_default_context(cafile=str(combined.parent / "ca.pem"))) as c:
             response = await c.get(
                 f"https://127.0.0.1:{HTTPS_PORT}/",
                 headers={"Host": "app.encom.test"},
@@ -787,14 +793,7 @@ async def served_cert(server_name: str) -> tuple[str, str | None]:
 @pytest.fixture
 async def tls_router(tmp_path: Path) -> AsyncIterator[Router]:
     """A router with an HTTPS frontend whose default certificate is the cluster wildcard `*.encom.test`."""
-    from encom.bootstrap.tls import create_ca, issue_cert
-
-    tls = tmp_path / "tls"
-    tls.mkdir()
-    create_ca(tls / "ca.pem", tls / "ca-key.pem")
-    issue_cert(tls / "ca.pem", tls / "ca-key.pem", ["encom.test", "*.encom.test"], tls / "c.pem", tls / "k.pem")
-    combined = tls / "combined.pem"
-    combined.write_text((tls / "c.pem").read_text() + (tls / "k.pem").read_text())
+    combined = cluster_cert(tmp_path)
     (tmp_path / "router").mkdir()
     r = Router(options(tmp_path, https_port=HTTPS_PORT, cert_pem=combined))
     await within(r.start(), "haproxy to start")

@@ -11,6 +11,7 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
+from encom.api import ndjson as ndjson_stream
 from encom.api.errors import ApiError, NotFound, ValidationError
 from encom.api.settings import Settings
 from encom.api.types import LogLine, utcnow
@@ -225,22 +226,5 @@ async def ndjson(
     """The body of `GET /apps/{app}/log/stream`: LogLine JSON lines; with follow, `{"live":true}` once the
     history has been sent, then new lines and empty lines as keepalives."""
     if follow:
-        return _follow_ndjson(await follow_app_log(settings, app_id, lines, process_type, job_id, ended))
-    return _lines_ndjson(await app_log(settings, app_id, lines, process_type, job_id))
-
-
-async def _lines_ndjson(lines: list[LogLine]) -> AsyncIterator[bytes]:
-    for line in lines:
-        yield (line.model_dump_json() + "\n").encode()
-
-
-async def _follow_ndjson(source: AsyncIterator[LogLine | None]) -> AsyncIterator[bytes]:
-    live = False
-    async for line in source:
-        if line is not None:
-            yield (line.model_dump_json() + "\n").encode()
-        elif not live:
-            live = True
-            yield b'{"live":true}\n'
-        else:
-            yield b"\n"
+        return ndjson_stream.follow(await follow_app_log(settings, app_id, lines, process_type, job_id, ended))
+    return ndjson_stream.lines(await app_log(settings, app_id, lines, process_type, job_id))

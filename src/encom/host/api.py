@@ -8,6 +8,7 @@ from datetime import datetime
 from fastapi import APIRouter, Depends, FastAPI
 from fastapi.responses import Response, StreamingResponse
 
+from encom.api import ndjson
 from encom.api.auth import require_key
 from encom.api.errors import ValidationError
 from encom.api.server import make_app
@@ -59,7 +60,7 @@ def build_app(jobs: JobManager, secret: str, url: str) -> FastAPI:
     @router.get("/jobs/{job_id}/log")
     async def job_log(job_id: str, lines: int = 100, follow: bool = False) -> StreamingResponse:
         source = jobs.job_log(job_id, _lines(lines), follow)
-        return StreamingResponse(_ndjson(source), media_type="application/x-ndjson")
+        return StreamingResponse(ndjson.lines(source), media_type="application/x-ndjson")
 
     @router.post("/jobs/{job_id}/router-log", status_code=204)
     async def router_log(job_id: str, body: RouterLog) -> Response:
@@ -81,7 +82,7 @@ def build_app(jobs: JobManager, secret: str, url: str) -> FastAPI:
         since: datetime | None = None,
     ) -> StreamingResponse:
         source = jobs.follow_app_log(app_id, _lines(lines), process_type, job_id, since)
-        return StreamingResponse(_follow_ndjson(source), media_type="application/x-ndjson")
+        return StreamingResponse(ndjson.follow(source), media_type="application/x-ndjson")
 
     app.include_router(router)
     return app
@@ -97,24 +98,3 @@ async def _events(jobs: JobManager) -> AsyncIterator[SSEMessage]:
             yield message(HostJobEvent(host_id=host_id, job=job))
     finally:
         jobs.deps.events.unsubscribe(queue)
-
-
-LIVE_MARK = b'{"live":true}\n'
-
-
-async def _follow_ndjson(source: AsyncIterator[LogLine | None]) -> AsyncIterator[bytes]:
-    """Lines, `{"live":true}` once the history has been sent, and empty lines as keepalives."""
-    live = False
-    async for line in source:
-        if line is not None:
-            yield (line.model_dump_json() + "\n").encode()
-        elif not live:
-            live = True
-            yield LIVE_MARK
-        else:
-            yield b"\n"
-
-
-async def _ndjson(source: AsyncIterator[LogLine]) -> AsyncIterator[bytes]:
-    async for line in source:
-        yield (line.model_dump_json() + "\n").encode()
