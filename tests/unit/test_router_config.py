@@ -112,7 +112,7 @@ def test_rendered_config(tmp_path: Path) -> None:
     assert "option forwardfor" in text
     assert "balance random" in text
     assert "retries 3" in text and "option redispatch 1" in text
-    assert f"map_str({tmp_path}/hosts.map)" in text
+    assert f"use_backend %[var(txn.host),map_str({tmp_path}/hosts.map,encom_not_found)]" in text  # host routes only
     assert f"default_backend {NOT_FOUND_BACKEND}" in text
     assert "frontend tcp_3000\n    mode tcp\n    bind 127.0.0.1:3000\n    default_backend t_db" in text
     assert "server s_127.0.0.1_55000 127.0.0.1:55000 weight 100" in text

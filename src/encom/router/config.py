@@ -371,8 +371,11 @@ defaults
 
 
 def _route_lookups(options: Options, snapshot: Snapshot) -> str:
-    """Path routes first (longest prefix), then the exact host, then wildcards (most specific)."""
+    """Path routes first (longest prefix), then the exact host, then wildcards (most specific). With host
+    routes only (the common case) it is one lookup straight into `use_backend`."""
     paths, hosts, wildcards = (options.map_path(n) for n in ("paths", "hosts", "wildcards"))
+    if not snapshot.paths and not snapshot.wildcards:
+        return f"    use_backend %[var(txn.host),map_str({hosts},{NOT_FOUND_BACKEND})]\n"
     unless = "unless { var(txn.backend) -m found }"
     lines = []
     if snapshot.paths:
@@ -381,6 +384,7 @@ def _route_lookups(options: Options, snapshot: Snapshot) -> str:
     lines.append(f"    http-request set-var(txn.backend) var(txn.host),map_str({hosts}) {unless}")
     if snapshot.wildcards:
         lines.append(f"    http-request set-var(txn.backend) var(txn.host),map_end({wildcards}) {unless}")
+    lines.append("    use_backend %[var(txn.backend)] if { var(txn.backend) -m found }")
     return "\n".join(lines) + "\n"
 
 
@@ -414,8 +418,7 @@ frontend {name}
     http-request set-header X-Request-Start t=%[date(0,ms)]
     http-request set-header X-Request-Id %[uuid] unless {{ req.hdr(x-request-id) -m found }}
 {_access_log(options)}    http-request set-var(txn.host) req.hdr(host),field(1,:),lower
-{redirect}{_route_lookups(options, snapshot)}    use_backend %[var(txn.backend)] if {{ var(txn.backend) -m found }}
-    default_backend {NOT_FOUND_BACKEND}
+{redirect}{_route_lookups(options, snapshot)}    default_backend {NOT_FOUND_BACKEND}
 """
 
 
