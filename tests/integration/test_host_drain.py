@@ -272,16 +272,17 @@ async def test_stopping_a_web_job_under_load_fails_no_request(cluster: Cluster, 
     assert load.ports[one.port] == served_before, "the stopped job got requests after it was stopped"
     assert stopped.state == "down", stopped
     assert stopped.exit_status == (0 if on_term == "report" else 143), f"not ended by SIGTERM: {stopped}"
-    assert elapsed < REQUEST_SECONDS + runner.DEREGISTER_SETTLE + 2.0, f"the drain took {elapsed:.2f}s"
+    assert elapsed < REQUEST_SECONDS + runner.DEREGISTER_SETTLE + 5.0, f"the drain took {elapsed:.2f}s"
     if on_term == "report":
         assert "SIGTERM inflight=0" in await cluster.app_lines(one.id), "SIGTERM came with requests in flight"
+    assert f"Draining connections to port {one.port}" in await cluster.encom_lines(one.id)
     assert not any("not drained" in line for line in await cluster.encom_lines(one.id))
 
     # The survivor, with no request in flight (its keep-alive connections from HAProxy idle): settle, then SIGTERM.
     stopped, elapsed = await cluster.stop(two)
     print(f"stop latency idle ({on_term}): {elapsed * 1000:.0f} ms")
     assert stopped.state == "down" and stopped.exit_status == (0 if on_term == "report" else 143), stopped
-    assert elapsed < runner.DEREGISTER_SETTLE + 1.0, f"an idle job took {elapsed:.2f}s to stop"
+    assert elapsed < runner.CONNECTION_DRAIN_TIMEOUT / 2, f"an idle job took {elapsed:.2f}s to stop: held by the drain"
 
 
 async def test_a_job_without_a_registration_stops_without_draining(cluster: Cluster) -> None:
@@ -294,7 +295,7 @@ async def test_a_job_without_a_registration_stops_without_draining(cluster: Clus
     stopped, elapsed = await cluster.stop(worker)
     print(f"stop latency, worker (no port): {elapsed * 1000:.0f} ms")
     assert stopped.state == "down" and stopped.exit_status == 143, stopped
-    assert elapsed < runner.DEREGISTER_SETTLE, f"a worker took {elapsed:.2f}s to stop: it was drained"
+    assert not any("Draining" in line for line in await cluster.encom_lines(worker.id)), "a worker was drained"
 
 
 async def test_the_drain_is_bounded(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -305,5 +306,5 @@ async def test_the_drain_is_bounded(cluster: Cluster, monkeypatch: pytest.Monkey
         stopped, elapsed = await cluster.stop(job)
     print(f"stop latency with a connection that never ends (drain timeout 1 s): {elapsed * 1000:.0f} ms")
     assert stopped.state == "down" and stopped.exit_status == 0, stopped
-    assert 1.0 <= elapsed < 2.5, f"stopping took {elapsed:.2f}s"
+    assert 1.0 <= elapsed < 5.0, f"stopping took {elapsed:.2f}s, not bounded by the 1 s drain timeout"
     assert "Connections not drained within 1s (1 left)" in await cluster.encom_lines(job.id)

@@ -268,6 +268,7 @@ class JobRunner:
         if port is None or self.exited.is_set():
             return
         started = asyncio.get_running_loop().time()
+        self.note(f"Draining connections to port {port}")
         drained = asyncio.create_task(drain.wait_drained(port, DEREGISTER_SETTLE, CONNECTION_DRAIN_TIMEOUT))
         exited = asyncio.create_task(self.exited.wait())
         try:
