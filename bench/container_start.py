@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
 import statistics
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
+from bench.net import free_port, wait_listening
 from encom.api.role import RoleContext
 from encom.api.settings import Ports, Settings
 from encom.api.types import HostJobSpec
@@ -30,18 +30,6 @@ from encom.host.client import HostClient
 
 SERVER = ["/usr/bin/python3", "-m", "http.server", "--bind", "127.0.0.1"]
 PORT_BASE = 13000  # below the ephemeral range (32768+)
-
-
-async def wait_listening(port: int) -> None:
-    async with asyncio.timeout(20):
-        while True:
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", port)
-            except OSError:
-                await asyncio.sleep(0.002)
-                continue
-            writer.close()
-            return
 
 
 async def bare_start(port: int) -> float:
@@ -75,17 +63,6 @@ async def container_start(host: HostClient) -> float:
         return time.perf_counter() - started
     finally:
         await host.stop_job(spec.id)
-
-
-def free_port(start: int) -> int:
-    for port in range(start, start + 500):
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port")
 
 
 async def run(runs: int) -> dict[str, list[float]]:

@@ -28,7 +28,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,6 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+
+from bench.net import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "python-web"
@@ -135,20 +136,6 @@ def running_cluster(state: Path) -> Iterator[str]:
     finally:
         down = bootstrap("down", "--state-dir", str(state))
         print(f"cluster: {down.stdout.strip() or down.stderr.strip()}", file=sys.stderr)
-
-
-def free_port(start: int = BASELINE_PORT_START) -> int:
-    for port in range(start, start + 500):
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise BenchError("no free port")
-
-
-# ---------------------------------------------------------------- the app and its versions
 
 
 def stamp(app_dir: Path, tag: str) -> None:
@@ -318,7 +305,7 @@ class Baseline:
 
     shell: Shell
     root: Path
-    port: int = field(default_factory=free_port)
+    port: int = field(default_factory=lambda: free_port(BASELINE_PORT_START))
     server: asyncio.subprocess.Process | None = None
 
     @property

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from bench.net import wait_listening
 from encom.api.types import Route
 from encom.router.config import Options, max_connections
 from encom.router.haproxy import HAPROXY_BIN
@@ -114,19 +115,6 @@ def raise_nofile() -> tuple[int, int]:
     return resource.getrlimit(resource.RLIMIT_NOFILE)
 
 
-async def wait_listening(port: int, limit: float = 10.0) -> None:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            await asyncio.sleep(0.02)
-            continue
-        writer.close()
-        return
-    raise BenchError(f"nothing listens on {port} after {limit:.0f} s")
-
-
 @dataclass
 class StaticHAProxy:
     """A HAProxy of our own in the foreground (`-db`), in its own session; stopped with its process group."""
@@ -151,7 +139,7 @@ class StaticHAProxy:
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
         try:
-            await wait_listening(self.port)
+            await wait_listening(self.port, limit=10.0, poll=0.02)
         except BenchError:
             raise BenchError(f"{self.name} did not start:\n{self.log_tail()}") from None
 
@@ -560,7 +548,7 @@ async def run(args: argparse.Namespace, directory: Path, command: str) -> Result
     with stopping([backends, handwritten, same_job]):
         await backends.start()
         for port in backend_ports[1:]:
-            await wait_listening(port)
+            await wait_listening(port, limit=10.0, poll=0.02)
         await handwritten.start()
         await same_job.start()
         async with running_router(directory, addrs) as router:
