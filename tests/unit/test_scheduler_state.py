@@ -47,7 +47,7 @@ def test_desired_counts_skip_zero_and_unknown_types() -> None:
 def test_adopting_running_jobs() -> None:
     state = state_with()
     change = state.apply(host_job(1), now=0.0)
-    assert change is not None and change.is_formation_job and change.host_job.state == "up"
+    assert change is not None and change.host_job.spec.process_type and change.host_job.state == "up"
     views, slots = state.views()
     assert [(v.id, v.index, v.state, v.host_id) for v in views] == [("job1", 1, "up", "h1")]
     assert slots == []
@@ -186,6 +186,6 @@ def test_one_off_jobs_are_tracked_for_load_only() -> None:
     spec = job_spec(formation(), "web", 1, job_id="run1").model_copy(update={"process_type": "", "dyno": ""})
     one_off = HostJob(spec=spec, host_id="h1", state="up", created_at=T0)
     change = state.apply(one_off, now=0.0)
-    assert change is not None and not change.is_formation_job
+    assert change is not None and not change.host_job.spec.process_type
     state.apply(one_off.model_copy(update={"state": "crashed"}), now=1.0)
     assert state.slots == {}

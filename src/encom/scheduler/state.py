@@ -70,7 +70,6 @@ class Change:
 
     host_job: HostJob
     restarts: int
-    is_formation_job: bool
 
 
 @dataclass
@@ -150,7 +149,7 @@ class SchedulerState:
             job.up_since = now
         if host_job.state in ENDED_STATES:
             self._end(job, now)
-        return Change(host_job, job.restarts, job.is_formation_job)
+        return Change(host_job, job.restarts)
 
     def fail_start(self, job_id: str, error: str, now: float) -> Change | None:
         """The host refused the job or could not be reached: it counts as a failed start (and is retried)."""
