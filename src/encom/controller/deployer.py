@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TypeVar
 
 from sqlalchemy.orm import Session
@@ -71,31 +71,27 @@ class Plan:
     app: App
     release: Release
     artifact: Artifact | None
-    checks: dict[str, HealthCheck] = field(default_factory=dict)
 
     @property
     def id(self) -> str:
         return self.deployment.id
 
     def start_timeout(self, process_type: str) -> float:
-        check = self.checks.get(process_type)
-        return (check.start_timeout if check else HealthCheck().start_timeout) + START_SLACK
+        process = self.release.processes.get(process_type)
+        check = (process.check if process else None) or HealthCheck()
+        return check.start_timeout + START_SLACK
 
 
 class JobWatch:
     """The app's jobs as the scheduler reports them: a snapshot, then the `job` events after it, read from
     the event table whenever the hub says something was committed."""
 
-    def __init__(self, hub: EventHub, app_id: str, snapshot: list[Job], after: int) -> None:
+    def __init__(self, hub: EventHub, changed: asyncio.Event, app_id: str, snapshot: list[Job], after: int) -> None:
         self.hub = hub
+        self.changed = changed  # a hub waiter
         self.app_id = app_id
         self.after = after
         self.jobs = {job.id: job for job in snapshot}
-        self.changed = asyncio.Event()
-        hub.waiters.add(self.changed)
-
-    def close(self) -> None:
-        self.hub.waiters.discard(self.changed)
 
     async def refresh(self) -> None:
         self.changed.clear()
@@ -178,6 +174,12 @@ class Deployer:
         task.add_done_callback(lambda _: self.running.pop(deployment_id, None))
 
     async def _carry_out(self, deployment_id: str) -> None:
+        try:
+            await self._attempt(deployment_id)
+        except LookupError as exc:  # the app was deleted, and its deployments with it
+            log.info("deployment %s stopped: %s", deployment_id, exc)
+
+    async def _attempt(self, deployment_id: str) -> None:
         deployment = await self._db(lambda s: deployments.claim(s, deployment_id))
         if deployment is None:
             return  # another deployer took it
@@ -213,16 +215,13 @@ class Deployer:
 
         await self._db(lambda s: _make_current(s, plan))
         current, after = await self._db(snapshot, False)
-        watch = JobWatch(self.hub, plan.app.id, current, after)
-        try:
-            rollout = Rollout(self, plan, watch)
+        with self.hub.waiter() as changed:
+            rollout = Rollout(self, plan, JobWatch(self.hub, changed, plan.app.id, current, after))
             if plan.deployment.strategy == "all-at-once":
                 await rollout.all_at_once()
             else:
                 await rollout.one_by_one()
             await rollout.wait_old_gone()
-        finally:
-            watch.close()
 
     async def scale(self, plan: Plan, release_id: str, counts: dict[str, int]) -> None:
         await self._db(lambda s: deployments.scale(s, plan.app.id, release_id, dict(counts)))
@@ -361,8 +360,7 @@ def _plan(session: Session, deployment: Deployment) -> Plan:
         raise DeployFailed("the app or the release was deleted")
     artifact = session.get(ArtifactRow, release.artifact_id) if release.artifact_id else None
     wire = convert.release(release)
-    checks = {name: p.check for name, p in wire.processes.items() if p.check is not None}
-    return Plan(deployment, convert.app(app), wire, convert.artifact(artifact) if artifact else None, checks)
+    return Plan(deployment, convert.app(app), wire, convert.artifact(artifact) if artifact else None)
 
 
 def _make_current(session: Session, plan: Plan) -> None:

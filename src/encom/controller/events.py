@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from pydantic import BaseModel
@@ -88,13 +88,21 @@ class EventHub:
     async def last_id(self) -> int:
         return await asyncio.to_thread(self._last_id)
 
+    @contextlib.contextmanager
+    def waiter(self) -> Iterator[asyncio.Event]:
+        """An event set after every commit that recorded events; clear it before reading what is new."""
+        waiter = asyncio.Event()
+        self.waiters.add(waiter)
+        try:
+            yield waiter
+        finally:
+            self.waiters.discard(waiter)
+
     async def stream(
         self, after: int | None, app_id: str | None = None, object_types: list[str] | None = None
     ) -> AsyncIterator[Event]:
         """Events with id > `after` (or, when None, those recorded from now on), until the hub closes."""
-        waiter = asyncio.Event()
-        self.waiters.add(waiter)  # before reading the last id, so nothing committed after it goes unnoticed
-        try:
+        with self.waiter() as waiter:  # before reading the last id, so nothing committed after it goes unnoticed
             last = await self.last_id() if after is None else after
             while not self.closed:
                 waiter.clear()
@@ -104,8 +112,6 @@ class EventHub:
                     last = event.id
                 if len(batch) < BATCH:
                     await self._wait(waiter)
-        finally:
-            self.waiters.discard(waiter)
 
     async def _wait(self, waiter: asyncio.Event) -> None:
         with contextlib.suppress(TimeoutError):
