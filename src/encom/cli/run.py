@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 
 import click
@@ -42,19 +43,29 @@ class Output:
 
 
 async def follow(client: ControllerClient, app: str, job: Job) -> Job:
-    """Print the job's output until it has ended; Ctrl-C stops the job."""
+    """Print the job's output as it is written until the job has ended; Ctrl-C stops the job."""
     output = Output(job.id)
+
+    async def printing() -> None:
+        async for line in client.app_log_stream(app, lines=LOG_LINES, job_id=job.id, follow=True):
+            if line is not None:
+                output.show([line])
+
+    printer = asyncio.create_task(printing())
     try:
-        while True:
-            job = await client.get_job(app, job.id)
-            output.show(await client.app_log(app, lines=LOG_LINES))
-            if job.state in ENDED:
-                output.show(await client.app_log(app, lines=LOG_LINES))  # the last lines, drained by now
-                return job
+        while (job := await client.get_job(app, job.id)).state not in ENDED:
+            if printer.done():
+                printer.result()  # the stream failed: say why
             await asyncio.sleep(POLL_SECONDS)
     except asyncio.CancelledError:
         await client.kill_job(app, job.id)
         raise
+    finally:
+        printer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await printer
+    output.show(await client.app_log(app, lines=LOG_LINES, job_id=job.id))  # what the stream had not sent yet
+    return job
 
 
 async def run_job(client: ControllerClient, app: str, args: list[str], detach: bool) -> Job:

@@ -272,10 +272,12 @@ def _routes(router: APIRouter, ctl: Controller) -> None:
 
 def _logs(router: APIRouter, ctl: Controller) -> None:
     @router.get("/apps/{app}/log")
-    async def app_log(app: str, lines: int = 100, process_type: str | None = None) -> list[LogLine]:
+    async def app_log(
+        app: str, lines: int = 100, process_type: str | None = None, job_id: str | None = None
+    ) -> list[LogLine]:
         logs.check_lines(lines)
-        app_id = await asyncio.to_thread(_app_id, ctl.db, app)
-        return await logs.app_log(ctl.settings, app_id, lines, process_type)
+        app_id = await asyncio.to_thread(logs.log_target, ctl.db, app, job_id)
+        return await logs.app_log(ctl.settings, app_id, lines, process_type, job_id)
 
     @router.get("/apps/{app}/log/stream")
     async def app_log_stream(

@@ -53,7 +53,9 @@ API (errors are {"code", "message"}: 400 validation_error, 401 unauthorized, 404
   DELETE /apps/{app}/routes/{route_id}              -> 204 (route_id may be "<type>/<uuid>" or "<uuid>"; a "/"
                                                        route goes only after its domain's path routes)
   GET    /routes                                    -> list[Route] across apps (the router's view)
-  GET    /apps/{app}/log?lines=N[&process_type=T]   -> list[LogLine], oldest first (fan-in from every host)
+  GET    /apps/{app}/log?lines=N[&process_type=T][&job_id=J]
+                                              -> list[LogLine], oldest first (fan-in from every host; 404 for a
+                                                 job not the app's)
   GET    /events/last                               -> {"id": N}: the newest event id (0 when none)
   GET    /events?app_id=&object_types=a,b&since_id=N  SSE of Event (SSE id = event id). With the Last-Event-ID
                                                        header (or since_id) the stored events after that id come
@@ -239,10 +241,14 @@ class ControllerClient(ApiClient):
         await self.request("DELETE", f"/apps/{app}/routes/{route_id}")
 
     # logs and events
-    async def app_log(self, app: str, lines: int = 100, process_type: str | None = None) -> list[LogLine]:
+    async def app_log(
+        self, app: str, lines: int = 100, process_type: str | None = None, job_id: str | None = None
+    ) -> list[LogLine]:
         params: dict[str, Any] = {"lines": lines}
         if process_type is not None:
             params["process_type"] = process_type
+        if job_id is not None:
+            params["job_id"] = job_id
         return await self.get_list(LogLine, f"/apps/{app}/log", params=params)
 
     async def app_log_stream(

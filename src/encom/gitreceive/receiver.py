@@ -348,8 +348,8 @@ class Receiver:
 
     async def show_job_log(self, job_id: str) -> None:
         with contextlib.suppress(ApiError):
-            for line in await self.controller.app_log(self.app_id, lines=JOB_LOG_LINES):
-                if line.job_id == job_id and line.source == "app":
+            for line in await self.controller.app_log(self.app_id, lines=JOB_LOG_LINES, job_id=job_id):
+                if line.source == "app":
                     say(indent(line.msg))
 
     async def explain_failure(self, deployment: Deployment, failed: Job | None) -> None:
