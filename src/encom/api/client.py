@@ -123,9 +123,13 @@ class ApiClient:
             async for msg in parse_sse(response.aiter_lines()):
                 yield msg
 
-    async def ndjson(self, path: str, params: dict[str, Any] | None = None) -> AsyncIterator[Any]:
-        """Follow a newline-delimited JSON stream."""
-        async with self.stream("GET", path, params=params) as response:
+    async def ndjson(
+        self, path: str, params: dict[str, Any] | None = None, idle_timeout: float | None = None
+    ) -> AsyncIterator[Any]:
+        """Follow a newline-delimited JSON stream; with `idle_timeout`, a stream silent that long (not even a
+        keepalive line) is lost: ApiError 503."""
+        timeout = httpx.Timeout(None, connect=5.0, read=idle_timeout)
+        async with self.stream("GET", path, params=params, timeout=timeout) as response:
             async for line in response.aiter_lines():
                 if line.strip():
                     yield json.loads(line)

@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator, Iterable
 
 from pydantic import BaseModel
 
+from encom.api.types import LogLine
+
 LIVE_MARK = b'{"live":true}\n'
 KEEPALIVE = b"\n"
 
@@ -37,3 +39,8 @@ async def follow(source: AsyncIterator[BaseModel | None]) -> AsyncIterator[bytes
             yield LIVE_MARK
         else:
             yield KEEPALIVE
+
+
+def log_item(item: object) -> LogLine | None:
+    """A decoded line of a followed log stream: a LogLine, or None for the `{"live":true}` mark."""
+    return None if item == {"live": True} else LogLine.model_validate(item)

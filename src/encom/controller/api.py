@@ -275,7 +275,6 @@ def _logs(router: APIRouter, ctl: Controller) -> None:
     async def app_log(
         app: str, lines: int = 100, process_type: str | None = None, job_id: str | None = None
     ) -> list[LogLine]:
-        logs.check_lines(lines)
         app_id = await asyncio.to_thread(logs.log_target, ctl.db, app, job_id)
         return await logs.app_log(ctl.settings, app_id, lines, process_type, job_id)
 
@@ -283,7 +282,6 @@ def _logs(router: APIRouter, ctl: Controller) -> None:
     async def app_log_stream(
         app: str, lines: int = 100, process_type: str | None = None, job_id: str | None = None, follow: bool = False
     ) -> StreamingResponse:
-        logs.check_lines(lines)
         app_id = await asyncio.to_thread(logs.log_target, ctl.db, app, job_id)
         body = await logs.ndjson(ctl.settings, app_id, lines, process_type, job_id, follow, lambda: ctl.hub.closed)
         return StreamingResponse(body, media_type="application/x-ndjson")

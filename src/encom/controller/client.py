@@ -70,6 +70,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import quote
 
+from encom.api import ndjson
 from encom.api.client import ApiClient, Verify
 from encom.api.errors import ApiError
 from encom.api.types import (
@@ -96,6 +97,8 @@ from encom.api.types import (
     RouteCreate,
     RouteUpdate,
 )
+
+FOLLOW_IDLE_TIMEOUT = 30.0
 
 
 class ControllerClient(ApiClient):
@@ -269,8 +272,9 @@ class ControllerClient(ApiClient):
             params["process_type"] = process_type
         if job_id is not None:
             params["job_id"] = job_id
-        async for item in self.ndjson(f"/apps/{app}/log/stream", params=params):
-            yield None if item == {"live": True} else LogLine.model_validate(item)
+        idle = FOLLOW_IDLE_TIMEOUT if follow else None  # the controller sends a keepalive every 10 s
+        async for item in self.ndjson(f"/apps/{app}/log/stream", params=params, idle_timeout=idle):
+            yield ndjson.log_item(item)
 
     async def last_event_id(self) -> int:
         return int((await self.get_json("/events/last"))["id"])

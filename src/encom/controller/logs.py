@@ -119,13 +119,13 @@ class _Follow:
                                 if got_history is not None:
                                     self.queue.put_nowait(("history", got_history))
                                     history, got_history = False, None
-                                attempt = 0
                                 continue
                             since = line.timestamp if since is None else max(since, line.timestamp)
                             if got_history is not None:
                                 got_history.append(line)
                             else:
                                 self.queue.put_nowait(("live", [line]))
+                                attempt = 0  # a working stream: the next break retries at once
                     log.info("host %s ended its log stream", url)
                 except ApiError as exc:
                     log.info("log stream of host %s broke: %s", url, exc)

@@ -29,13 +29,11 @@ discoverd; "down" = exited 0 or stopped on request; "crashed" = exited non-zero 
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 from collections.abc import AsyncIterator
 from datetime import datetime
 
-import httpx
-
+from encom.api import ndjson
 from encom.api.client import ApiClient
 from encom.api.errors import ApiError
 from encom.api.types import HostJob, HostJobEvent, HostJobSpec, HostStatus, LogLine, RouterLog, RouterLogEntry
@@ -106,16 +104,8 @@ class HostClient(ApiClient):
         params = _log_params(app_id, lines, process_type, job_id)
         if since is not None:
             params["since"] = since.isoformat()
-        timeout = httpx.Timeout(None, connect=5.0, read=idle_timeout)
-        async with self.stream("GET", "/host/logs/follow", params=params, timeout=timeout) as response:
-            try:
-                async for text in response.aiter_lines():
-                    if not text.strip():
-                        continue
-                    item = json.loads(text)
-                    yield None if item == {"live": True} else LogLine.model_validate(item)
-            except httpx.TransportError as exc:
-                raise ApiError("unavailable", f"lost the log stream of {self.base_url}: {exc}", 503) from exc
+        async for item in self.ndjson("/host/logs/follow", params=params, idle_timeout=idle_timeout):
+            yield ndjson.log_item(item)
 
 
 def _log_params(app_id: str, lines: int, process_type: str | None, job_id: str | None) -> dict[str, str | int]:
