@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import shutil
+from collections import defaultdict
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -42,7 +43,8 @@ class JobManager:
         self.deps = deps
         self.dir = jobs_dir
         self.runners: dict[str, JobRunner] = {}
-        self.log_changed = Pulse()  # fires on every append to any job's log, and when a job is added
+        # per app: fires on every append to one of its jobs' logs, and when it gets a job (its log followers)
+        self.log_changed: dict[str, Pulse] = defaultdict(Pulse)
         jobs_dir.mkdir(parents=True, exist_ok=True)
 
     # ------------------------------------------------------------------ queries
@@ -100,9 +102,10 @@ class JobManager:
     # ------------------------------------------------------------------ logs
 
     def _track(self, runner: JobRunner) -> None:
-        runner.log.also = self.log_changed
+        pulse = self.log_changed[runner.job.spec.app_id]
+        runner.log.also = pulse
         self.runners[runner.id] = runner
-        self.log_changed.fire()
+        pulse.fire()
 
     def _app_runners(self, app_id: str, process_type: str | None, job_id: str | None) -> list[JobRunner]:
         return [
@@ -136,7 +139,7 @@ class JobManager:
             ]
 
         history = [r.log for r in self._app_runners(app_id, process_type, job_id)]
-        return follow_many(history, live, lines, self.log_changed, lambda: self.deps.events.closed, since)
+        return follow_many(history, live, lines, self.log_changed[app_id], lambda: self.deps.events.closed, since)
 
     def job_log(self, job_id: str, lines: int, follow: bool) -> AsyncIterator[LogLine]:
         runner = self.runner(job_id)
