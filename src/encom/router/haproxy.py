@@ -212,9 +212,12 @@ class HAProxy:
     async def reload(self, config: str) -> None:
         """Validate `config`, install it and reload (new worker; old ones finish their requests). On a refused
         config the running HAProxy keeps its current one and ConfigError is raised."""
-        candidate = await self.validate(config)
+        await self.install(await self.validate(config))
+
+    async def install(self, candidate: Path) -> None:
+        """Make a configuration `validate` accepted the live one and reload."""
         before = await self.proc_state()
-        candidate.replace(self.options.config_path)
+        os.replace(candidate, self.options.config_path)
         assert self.pid is not None
         os.kill(self.pid, signal.SIGUSR2)
         await self._wait_reloaded(before)

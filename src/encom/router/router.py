@@ -266,11 +266,11 @@ class Router:
         # The crt-list the config names must be there to check it. Its certificates were checked one by one, so
         # if the reload fails after all, the list on disk is still one HAProxy can start with.
         self._write_certs(target)
-        await self.haproxy.validate(config)  # before the maps change on disk
+        candidate = await self.haproxy.validate(config)  # before the maps change on disk
         if applied is not None:
             self._check_ports_free(set(target.tcp_frontends) - set(applied.tcp_frontends))
         self._write_maps(target)
-        await self.haproxy.reload(config)
+        await self.haproxy.install(candidate)
         self._remove_stale_certs(target)
         self.applied = target
         self._lingering.clear()

@@ -188,7 +188,7 @@ class RouteSync:
         """Route events leave the private key out (events are kept and streamed): read it from the routes."""
         if route.certificate is None or route.key is not None:
             return route
-        return next((r for r in await self.controller.all_routes() if r.id == route.id), route)
+        return next((r for r in await self.controller.list_routes(route.app_id) if r.id == route.id), route)
 
     async def _changing(self, change: Callable[[], Awaitable[None]]) -> None:
         """Apply a route change once, with the current servers of any newly routed service already in it."""
