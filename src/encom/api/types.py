@@ -188,6 +188,8 @@ class Deployment(Wire):
 
 JobState = Literal["pending", "starting", "up", "stopping", "down", "crashed", "failed"]
 ACTIVE_JOB_STATES = ("pending", "starting", "up", "stopping")
+ENDED_JOB_STATES = ("down", "crashed", "failed")
+RUNNING_HOST_STATES = ("starting", "up", "stopping")  # a host job whose container may be running
 
 
 class Job(Wire):

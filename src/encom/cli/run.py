@@ -8,13 +8,12 @@ import sys
 
 import click
 
-from encom.api.types import Job, LogLine
+from encom.api.types import ENDED_JOB_STATES, Job, LogLine
 from encom.cli.context import app_options, call, current_target
 from encom.controller.client import ControllerClient
 
 POLL_SECONDS = 0.3
 LOG_LINES = 10_000
-ENDED = ("down", "crashed", "failed")
 
 
 def exit_code(job: Job) -> int:
@@ -53,7 +52,7 @@ async def follow(client: ControllerClient, app: str, job: Job) -> Job:
 
     printer = asyncio.create_task(printing())
     try:
-        while (job := await client.get_job(app, job.id)).state not in ENDED:
+        while (job := await client.get_job(app, job.id)).state not in ENDED_JOB_STATES:
             if printer.done():
                 printer.result()  # the stream failed: say why
             await asyncio.sleep(POLL_SECONDS)

@@ -30,6 +30,7 @@ from encom.api.jobspec import one_off_spec, stop_grace
 from encom.api.settings import Settings
 from encom.api.types import (
     ACTIVE_JOB_STATES,
+    ENDED_JOB_STATES,
     RELEASE_TYPE,
     App,
     Artifact,
@@ -56,7 +57,6 @@ RETIRE_TIMEOUT = 30.0  # for an old job to leave the router once its formation s
 DRAIN_SLACK = 15.0  # on top of stop_grace when waiting for the old jobs to be gone at the end
 RELEASE_TIMEOUT = 30 * 60.0
 RELEASE_DYNO = "release.1"
-ENDED = ("down", "crashed", "failed")
 
 
 class DeployFailed(Exception):
@@ -285,7 +285,7 @@ class Rollout:
     def check(self) -> None:
         """Fails the deployment when a job of the new release ended: nothing asked any of them to stop."""
         for job in self.watch.jobs.values():
-            if job.release_id == self.new_id and job.type in self.target and job.state in ENDED:
+            if job.release_id == self.new_id and job.type in self.target and job.state in ENDED_JOB_STATES:
                 raise DeployFailed(f"{job.type} job {job.id} {describe_end(job)}")
 
     def up(self, process_type: str) -> int:

@@ -25,6 +25,7 @@ from encom.api.client import ca_context
 from encom.api.errors import ApiError
 from encom.api.settings import Settings
 from encom.api.types import (
+    ENDED_JOB_STATES,
     RELEASE_TYPE,
     ArtifactCreate,
     Deployment,
@@ -41,7 +42,7 @@ from encom.blobstore.client import BlobstoreClient
 from encom.controller.client import ControllerClient
 from encom.discoverd.client import DiscoverdClient
 from encom.gitreceive import appjson
-from encom.host.client import ENDED_STATES, HostClient, pick_host
+from encom.host.client import HostClient, pick_host
 
 ZERO_SHA = "0" * 40
 DEPLOY_REFS = ("refs/heads/master", "refs/heads/main")
@@ -379,7 +380,7 @@ class DeployProgress:
             say(f"-----> {job.type} job {job.id[:12]} up (v{self.release.version})")
         elif not new and job.state == "stopping":
             say(f"-----> {job.type} job {job.id[:12]} of the previous release retired")
-        elif new and job.state in ENDED_STATES and self.failed is None:
+        elif new and job.state in ENDED_JOB_STATES and self.failed is None:
             self.failed = job
 
 

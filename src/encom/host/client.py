@@ -36,10 +36,18 @@ from datetime import datetime
 from encom.api import ndjson
 from encom.api.client import ApiClient
 from encom.api.errors import ApiError
-from encom.api.types import HostJob, HostJobEvent, HostJobSpec, HostStatus, LogLine, RouterLog, RouterLogEntry
+from encom.api.types import (
+    ENDED_JOB_STATES,
+    HostJob,
+    HostJobEvent,
+    HostJobSpec,
+    HostStatus,
+    LogLine,
+    RouterLog,
+    RouterLogEntry,
+)
 from encom.discoverd.client import HOST_SERVICE, DiscoverdClient
 
-ENDED_STATES = ("down", "crashed", "failed")
 FOLLOW_IDLE_TIMEOUT = 30.0  # the host sends a keepalive after 10 s of silence
 
 
@@ -64,7 +72,7 @@ class HostClient(ApiClient):
         """The job's final state, polled (the caller bounds the wait)."""
         while True:
             job = await self.get_job(job_id)
-            if job.state in ENDED_STATES:
+            if job.state in ENDED_JOB_STATES:
                 return job
             await asyncio.sleep(poll)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from pydantic import ValidationError as PydanticValidationError
 
 from encom.api.errors import Conflict, NotFound, ValidationError
-from encom.api.types import HostJob, HostJobSpec, LogLine, utcnow
+from encom.api.types import RUNNING_HOST_STATES, HostJob, HostJobSpec, LogLine, utcnow
 from encom.host import process
 from encom.host.bundle import JOB_ID_RE
 from encom.host.logs import JobLog, Pulse, follow_many, merged_tail
@@ -24,7 +24,6 @@ from encom.host.runtime import RuncError
 log = logging.getLogger(__name__)
 
 HISTORY_KEEP = 200  # ended jobs kept (record + logs)
-ACTIVE = ("starting", "up", "stopping")
 SHUTDOWN_GRACE = 2.0
 LIVE_AFTER_END = timedelta(seconds=30)  # an ended job's log is still followed this long (late router lines)
 
@@ -50,7 +49,7 @@ class JobManager:
     # ------------------------------------------------------------------ queries
 
     def active(self) -> list[HostJob]:
-        return [r.job for r in self.runners.values() if r.job.state in ACTIVE]
+        return [r.job for r in self.runners.values() if r.job.state in RUNNING_HOST_STATES]
 
     def all(self) -> list[HostJob]:
         return sorted((r.job for r in self.runners.values()), key=lambda j: j.created_at)
@@ -163,7 +162,7 @@ class JobManager:
                 continue
             runner = JobRunner(self.deps, job, record.parent)
             self._track(runner)
-            if job.state not in ACTIVE:
+            if job.state not in RUNNING_HOST_STATES:
                 continue
             container = containers.pop(job.id, None)
             if container is not None and container.status == "running" and process.alive(container.pid):

@@ -13,7 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from encom.api.types import HostJob, HostJobState, InstanceRegistration, LogLine, RouterLogEntry, utcnow
+from encom.api.types import (
+    RUNNING_HOST_STATES,
+    HostJob,
+    HostJobState,
+    InstanceRegistration,
+    LogLine,
+    RouterLogEntry,
+    utcnow,
+)
 from encom.discoverd.client import DiscoverdClient
 from encom.host import drain, process, slugs
 from encom.host.bundle import BundleOptions, BundlePaths, write_bundle
@@ -99,7 +107,7 @@ class JobRunner:
         self.registration: Registration | None = None
         self.task: asyncio.Task[None] | None = None
         self._subtasks: list[asyncio.Task[object]] = []
-        if job.state not in ("starting", "up", "stopping"):
+        if job.state not in RUNNING_HOST_STATES:
             self.ended.set()
             self.exited.set()
             self.tailer.drained.set()

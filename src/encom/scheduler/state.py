@@ -10,14 +10,13 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from encom.api.types import ExpandedFormation, HostJob, HostJobSpec, utcnow
+from encom.api.types import ENDED_JOB_STATES, ExpandedFormation, HostJob, HostJobSpec, utcnow
 from encom.scheduler.backoff import DynoSlot, RestartTracker
 from encom.scheduler.reconcile import FormationKey, JobView, RestartSlot
 from encom.scheduler.specs import parse_dyno
 
 # States only move forward; a late or replayed event carrying an earlier state is ignored.
 STATE_RANK = {"pending": 0, "starting": 1, "up": 2, "stopping": 3, "down": 4, "crashed": 4, "failed": 4}
-ENDED_STATES = frozenset({"down", "crashed", "failed"})
 ENDED_MEMORY = 600.0  # how long an ended job id is remembered, so its replayed events are ignored
 
 
@@ -120,7 +119,7 @@ class SchedulerState:
         views = [
             JobView(job.id, job.key, job.host_id, job.state, job.index, job.created)
             for job in self.jobs.values()
-            if not job.stop_requested and job.state not in ENDED_STATES
+            if not job.stop_requested and job.state not in ENDED_JOB_STATES
         ]
         return views, list(self.slots.values())
 
@@ -147,7 +146,7 @@ class SchedulerState:
         job.state = host_job.state
         if host_job.state == "up" and job.up_since is None:
             job.up_since = now
-        if host_job.state in ENDED_STATES:
+        if host_job.state in ENDED_JOB_STATES:
             self._end(job, now)
         return Change(host_job, job.restarts)
 
