@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
 from pathlib import Path
 
+import pytest
+
 from encom.api.types import LogLine, utcnow
-from encom.host.logs import JobLog, LineSplitter, Tailer
+from encom.host import logs
+from encom.host.logs import JobLog, Kept, LineSplitter, Tailer, logs_to_drop
 
 
 def test_complete_lines_only_until_flushed() -> None:
@@ -80,3 +84,77 @@ async def _until(condition: Callable[[], bool]) -> None:
         if condition():
             return
         await asyncio.sleep(0.01)
+
+
+def lines(job_log: JobLog, texts: list[str]) -> None:
+    now = utcnow()
+    job_log.append([template().model_copy(update={"timestamp": now, "msg": t}) for t in texts])
+
+
+def test_a_job_keeps_its_last_lines_in_two_generations(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(logs, "LOG_ROTATE_LINES", 10)
+    job_log = JobLog(tmp_path)
+    for i in range(0, 25, 5):
+        lines(job_log, [str(n) for n in range(i, i + 5)])
+    # 25 lines: two rotations at 10 lines; the current generation holds 20-24, the old one 10-19
+    assert [line.msg for line in job_log.tail(100)] == [str(n) for n in range(10, 25)]
+    assert job_log.line_count() == 15
+    assert JobLog(tmp_path).line_count() == 15  # counted from the files by a new encomd
+    assert job_log.disk_bytes() == (tmp_path / "log.jsonl").stat().st_size + (tmp_path / "log.1.jsonl").stat().st_size
+
+
+async def test_a_follower_loses_no_line_to_a_rotation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(logs, "LOG_ROTATE_LINES", 4)
+    job_log = JobLog(tmp_path)
+    lines(job_log, ["old"])
+    done = False
+    following = asyncio.create_task(_collect(job_log.follow(0, lambda: done)))
+    await asyncio.sleep(0.05)  # the follower has its cursor at the end of "old"
+    lines(job_log, ["1", "2", "3"])  # the 4th line: rotated before the follower read them
+    lines(job_log, ["4", "5"])
+    done = True
+    job_log.changed.fire()
+    assert await asyncio.wait_for(following, 5) == ["1", "2", "3", "4", "5"]
+
+
+async def _collect(source: AsyncIterator[LogLine]) -> list[str]:
+    return [line.msg async for line in source]
+
+
+def test_tailer_stamps_lines_strictly_increasing(tmp_path: Path) -> None:
+    job_log = JobLog(tmp_path)
+    (tmp_path / "stdout.raw").write_bytes(b"".join(b"%d\n" % n for n in range(50)))
+    Tailer(tmp_path, template(), job_log).poll()
+    stamps = [line.timestamp for line in job_log.tail(100)]
+    assert len(stamps) == 50 and all(a < b for a, b in zip(stamps, stamps[1:], strict=False))
+
+
+def kept(tmp_path: Path, name: str, n_lines: int, ended: bool, minutes: int) -> Kept:
+    job_log = JobLog(tmp_path / name)
+    job_log.path.parent.mkdir()
+    lines(job_log, ["x" * 10] * n_lines)
+    return Kept(name, job_log, ended, utcnow() + timedelta(minutes=minutes))
+
+
+def test_an_apps_oldest_ended_logs_go_once_newer_ones_hold_enough(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(logs, "APP_KEEP_LINES", 100)
+    history = [
+        kept(tmp_path, "running-old", 10, ended=False, minutes=-60),  # running: never dropped, counted first
+        kept(tmp_path, "a", 50, ended=True, minutes=-1),
+        kept(tmp_path, "b", 50, ended=True, minutes=-2),  # 110 newer lines once b is counted: c and d go
+        kept(tmp_path, "c", 50, ended=True, minutes=-3),
+        kept(tmp_path, "d", 1, ended=True, minutes=-4),
+    ]
+    assert sorted(logs_to_drop(history)) == ["c", "d"]
+    assert logs_to_drop(history[:3]) == []
+
+
+def test_an_apps_logs_are_bounded_in_bytes_and_ended_jobs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    big = [kept(tmp_path, f"big{i}", 10, ended=True, minutes=-i) for i in range(1, 6)]
+    monkeypatch.setattr(logs, "APP_KEEP_BYTES", 2 * big[0].log.disk_bytes() + 1)  # reached with the third
+    assert sorted(logs_to_drop(big)) == ["big4", "big5"]
+    monkeypatch.setattr(logs, "APP_KEEP_JOBS", 3)
+    quiet = [kept(tmp_path, f"quiet{i}", 0, ended=True, minutes=-i) for i in range(1, 6)]  # a silent crash loop
+    assert sorted(logs_to_drop(quiet)) == ["quiet4", "quiet5"]

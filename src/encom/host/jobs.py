@@ -17,13 +17,12 @@ from encom.api.errors import Conflict, NotFound, ValidationError
 from encom.api.types import RUNNING_HOST_STATES, HostJob, HostJobSpec, LogLine, utcnow
 from encom.host import process
 from encom.host.bundle import JOB_ID_RE
-from encom.host.logs import JobLog, Pulse, follow_many, merged_tail
+from encom.host.logs import JobLog, Kept, Pulse, follow_many, logs_to_drop, merged_tail
 from encom.host.runner import RECORD, HostDeps, JobRunner
 from encom.host.runtime import RuncError
 
 log = logging.getLogger(__name__)
 
-HISTORY_KEEP = 200  # ended jobs kept (record + logs)
 SHUTDOWN_GRACE = 2.0
 LIVE_AFTER_END = timedelta(seconds=30)  # an ended job's log is still followed this long (late router lines)
 
@@ -182,11 +181,17 @@ class JobManager:
         self._prune_history()
 
     def _prune_history(self) -> None:
-        ended = [r for r in self.runners.values() if r.ended.is_set()]
-        ended.sort(key=lambda r: r.job.ended_at or r.job.created_at)
-        for runner in ended[: max(0, len(ended) - HISTORY_KEEP)]:
-            del self.runners[runner.id]
-            shutil.rmtree(runner.paths.dir, ignore_errors=True)
+        """Ended jobs (record and log) go by each app's retention rule (see `logs_to_drop`), so one busy app
+        cannot push another's history out."""
+        by_app: dict[str, list[Kept]] = defaultdict(list)
+        for r in self.runners.values():
+            ended = r.ended.is_set()
+            when = (r.job.ended_at if ended else None) or r.job.created_at
+            by_app[r.job.spec.app_id].append(Kept(r.id, r.log, ended, when))
+        for app_logs in by_app.values():
+            for job_id in logs_to_drop(app_logs):
+                runner = self.runners.pop(job_id)
+                shutil.rmtree(runner.paths.dir, ignore_errors=True)
 
 
 def _load(record: Path) -> HostJob | None:

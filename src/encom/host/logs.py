@@ -9,7 +9,8 @@ import json
 import logging
 import os
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -20,9 +21,14 @@ from encom.api.types import LogLine, utcnow
 log = logging.getLogger(__name__)
 
 MAX_LINE_BYTES = 10_000
-LOG_ROTATE_BYTES = 8 << 20  # log.jsonl moves to log.1.jsonl beyond this; two generations are kept
+LOG_ROTATE_LINES = 10_000  # log.jsonl moves to log.1.jsonl beyond this many lines or bytes: two generations kept,
+LOG_ROTATE_BYTES = 8 << 20  # so a job always holds its last 10,000 lines unless they are very long
+APP_KEEP_LINES = 10_000  # an app's ended jobs' logs go once its newer logs hold this many lines...
+APP_KEEP_BYTES = 64 << 20  # ...or this many bytes on this host
+APP_KEEP_JOBS = 200  # ...or it has this many newer ended jobs (a crash loop that prints nothing)
 RAW_TRUNCATE_BYTES = 16 << 20  # a fully consumed raw file beyond this is truncated (the writer appends)
 READ_CHUNK = 1 << 16
+ONE_MICROSECOND = timedelta(microseconds=1)
 POLL_MIN = 0.02
 POLL_MAX = 0.25
 KEEPALIVE = 10.0  # seconds of silence before an app log follower sends a keepalive
@@ -85,6 +91,14 @@ class Pulse:
             await asyncio.wait_for(self._event.wait(), seconds)
 
 
+@dataclass
+class Cursor:
+    """Where a reader of a log file is: the file (by inode, which survives the rotation's rename) and offset."""
+
+    inode: int = 0
+    offset: int = 0
+
+
 class JobLog:
     """One job's `log.jsonl` (and its previous generation)."""
 
@@ -93,25 +107,70 @@ class JobLog:
         self.old = job_dir / "log.1.jsonl"
         self.changed = Pulse()
         self.also: Pulse | None = None  # the host's "some log changed" pulse (app log followers wait on it)
+        self._lines: int | None = None  # lines in log.jsonl, counted when first needed
+        self._old_lines: int | None = None
 
     def append(self, lines: list[LogLine]) -> None:
         if not lines:
             return
+        count = self._current_lines() + len(lines)
         data = "".join(line.model_dump_json() + "\n" for line in lines).encode()
         with open(self.path, "ab") as f:
             f.write(data)
             size = f.tell()
-        if size > LOG_ROTATE_BYTES:
+        if size > LOG_ROTATE_BYTES or count >= LOG_ROTATE_LINES:
             self.path.replace(self.old)
+            self._old_lines, count = count, 0
+        self._lines = count
         self.changed.fire()
         if self.also is not None:
             self.also.fire()
 
+    def _current_lines(self) -> int:
+        if self._lines is None:
+            self._lines = _count_lines(self.path)
+        return self._lines
+
+    def line_count(self) -> int:
+        """Lines kept, both generations."""
+        if self._old_lines is None:
+            self._old_lines = _count_lines(self.old)
+        return self._current_lines() + self._old_lines
+
+    def disk_bytes(self) -> int:
+        return sum(_size(p) for p in (self.path, self.old))
+
     def size(self) -> int:
+        return _size(self.path)
+
+    def cursor(self) -> Cursor:
+        """The end of the log as it is now: a reader starting here gets every line appended later."""
         try:
-            return self.path.stat().st_size
+            st = self.path.stat()
         except FileNotFoundError:
-            return 0
+            return Cursor()
+        return Cursor(st.st_ino, st.st_size)
+
+    def read_new(self, cursor: Cursor) -> bytes:
+        """What was appended since `cursor` (which moves on). Across a rotation, the rest of the rotated file
+        comes first, so no line is lost to it."""
+        data = b""
+        try:
+            f = open(self.path, "rb")  # noqa: SIM115
+        except FileNotFoundError:
+            return data
+        with f:
+            st = os.fstat(f.fileno())
+            if cursor.inode and st.st_ino != cursor.inode:
+                data = _rest_of(self.old, cursor)
+                cursor.offset = 0
+            cursor.inode = st.st_ino
+            if st.st_size < cursor.offset:  # truncated: start again
+                cursor.offset = 0
+            f.seek(cursor.offset)
+            data += f.read()
+            cursor.offset = f.tell()
+        return data
 
     def tail(self, n: int) -> list[LogLine]:
         if n <= 0:
@@ -123,16 +182,13 @@ class JobLog:
 
     async def follow(self, n: int, ended: Callable[[], bool]) -> AsyncIterator[LogLine]:
         """The last n lines, then new ones until `ended()` says no more will come."""
-        try:
-            offset = self.path.stat().st_size  # no await between this and tail(): appends happen in this loop
-        except FileNotFoundError:
-            offset = 0
+        cursor = self.cursor()  # no await between this and tail(): appends happen in this loop
         for line in self.tail(n):
             yield line
         pending = b""
         while True:
             done = ended()  # read before draining so nothing written before the end is missed
-            data, offset = _read_from(self.path, offset)
+            data = self.read_new(cursor)
             pending += data
             *complete, pending = pending.split(b"\n")
             for line in _parse(complete):
@@ -166,7 +222,7 @@ async def follow_many(
     the history), then the new lines of every log `live()` returns from then on (jobs that start later too: a
     log not in `history` is read from its start), each batch in time order, until `ended()`. After `idle`
     seconds without a line, a None again (a keepalive). `changed` fires on every append to any log."""
-    offsets = {job_log.path: job_log.size() for job_log in history}
+    cursors = {job_log.path: job_log.cursor() for job_log in history}
     for line in merged_tail(history, n, since):  # no await since the offsets: appends happen in this loop
         yield line
     yield None
@@ -177,7 +233,7 @@ async def follow_many(
         done = ended()  # read before draining so nothing written before the end is missed
         batch: list[bytes] = []
         for job_log in live():
-            data, offsets[job_log.path] = _read_from(job_log.path, offsets.get(job_log.path, 0))
+            data = job_log.read_new(cursors.setdefault(job_log.path, Cursor()))
             if data:
                 *complete, pending[job_log.path] = (pending.get(job_log.path, b"") + data).split(b"\n")
                 batch.extend(complete)
@@ -196,17 +252,59 @@ async def follow_many(
         await changed.wait(min(1.0, max(0.01, quiet_since + idle - loop.time())))
 
 
-def _read_from(path: Path, offset: int) -> tuple[bytes, int]:
-    """What follows `offset` (from the start if the file was rotated meanwhile), and the new offset."""
+def _rest_of(path: Path, cursor: Cursor) -> bytes:
+    """What follows the cursor in `path`, if `path` is still the file the cursor is in (else it is gone)."""
     try:
         with open(path, "rb") as f:
-            if os.fstat(f.fileno()).st_size < offset:
-                offset = 0
-            f.seek(offset)
-            data = f.read()
-            return data, f.tell()
+            if os.fstat(f.fileno()).st_ino != cursor.inode:
+                return b""
+            f.seek(cursor.offset)
+            return f.read()
     except FileNotFoundError:
-        return b"", offset
+        return b""
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _count_lines(path: Path) -> int:
+    try:
+        f = open(path, "rb")  # noqa: SIM115
+    except FileNotFoundError:
+        return 0
+    with f:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+
+
+@dataclass
+class Kept:
+    """A job's log as the retention rule sees it."""
+
+    job_id: str
+    log: JobLog
+    ended: bool
+    when: datetime  # when it ended (when it was created, for a job still running)
+
+
+def logs_to_drop(app_logs: list[Kept]) -> list[str]:
+    """The ended jobs of one app whose logs may go: the oldest ones, once the app's newer logs hold APP_KEEP_LINES
+    lines or APP_KEEP_BYTES bytes, or it has APP_KEEP_JOBS newer ended jobs. Running jobs' logs stay (their own
+    rotation bounds them)."""
+    newest_first = sorted(app_logs, key=lambda k: (not k.ended, k.when), reverse=True)
+    lines = size = ended = 0
+    dropped = []
+    for kept in newest_first:
+        if kept.ended and (lines >= APP_KEEP_LINES or size >= APP_KEEP_BYTES or ended >= APP_KEEP_JOBS):
+            dropped.append(kept.job_id)
+            continue
+        lines += kept.log.line_count()
+        size += kept.log.disk_bytes()
+        ended += kept.ended
+    return dropped
 
 
 def _last_lines(path: Path, n: int) -> list[bytes]:
@@ -253,6 +351,7 @@ class Tailer:
         self.splitters = {s: LineSplitter() for s in STREAMS}
         self.drained = asyncio.Event()
         self.running = False
+        self.stamp: datetime | None = None  # the last line's time
 
     def raw_path(self, stream: Stream) -> Path:
         return self.dir / f"{stream}.raw"
@@ -306,8 +405,13 @@ class Tailer:
         return got
 
     def _lines(self, stream: Stream, texts: list[str]) -> list[LogLine]:
+        lines = []
         now = utcnow()
-        return [self.template.model_copy(update={"timestamp": now, "stream": stream, "msg": t}) for t in texts]
+        for text in texts:
+            # strictly increasing, so a reader resuming after a line's time misses none of the same read
+            self.stamp = now if self.stamp is None or now > self.stamp else self.stamp + ONE_MICROSECOND
+            lines.append(self.template.model_copy(update={"timestamp": self.stamp, "stream": stream, "msg": text}))
+        return lines
 
     async def run(self, stopped: asyncio.Event) -> None:
         """Poll until `stopped` is set (the process has exited), then drain."""
