@@ -44,7 +44,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from bench.net import wait_listening
-from encom.api.types import Route
+from encom.api.types import Route, RouterLogEntry
+from encom.router.access import ACCESS_LOG_FORMAT, FLUSH_SECONDS, MAX_PENDING, AccessLog
 from encom.router.config import Options, max_connections
 from encom.router.haproxy import HAPROXY_BIN
 from encom.router.router import Router
@@ -129,9 +130,14 @@ class StaticHAProxy:
     def socket_path(self) -> Path:
         return self.directory / f"{self.name}.sock"
 
+    @property
+    def access_path(self) -> Path:
+        return self.directory / f"{self.name}-access.sock"
+
     async def start(self) -> None:
         cfg = self.directory / f"{self.name}.cfg"
-        cfg.write_text(self.config.replace("@SOCKET@", str(self.socket_path)))
+        text = self.config.replace("@SOCKET@", str(self.socket_path)).replace("@ACCESS@", str(self.access_path))
+        cfg.write_text(text)
         log = (self.directory / f"{self.name}.log").open("wb")
         with log:
             self.proc = subprocess.Popen(  # noqa: ASYNC220 (fork+exec only)
@@ -189,11 +195,13 @@ backend app
 
 def same_job_config(port: int, backends: Sequence[int]) -> str:
     """By hand, what encom's router does for one app: route by Host (404 otherwise), the same request headers
-    (X-Forwarded-*, X-Request-Id, X-Request-Start) and the same retries (L4 and `retry-on`)."""
+    (X-Forwarded-*, X-Request-Id, X-Request-Start), the same retries (L4 and `retry-on`) and an access line per
+    request to a local socket (read by the same reader as encom's)."""
     servers = "".join(f"    server s{i} 127.0.0.1:{p}\n" for i, p in enumerate(backends, 1))
     return f"""\
 global
     stats socket @SOCKET@ mode 600
+    log @ACCESS@ len 8192 format raw local0 info
 defaults
     mode http
 {TIMEOUTS}    retries 3
@@ -206,6 +214,9 @@ frontend http
     http-request set-header X-Forwarded-Port %[dst_port]
     http-request set-header X-Request-Start t=%[date(0,ms)]
     http-request set-header X-Request-Id %[uuid] unless {{ req.hdr(x-request-id) -m found }}
+    log global
+    http-request capture req.hdr(x-request-id) len 64
+    log-format "{ACCESS_LOG_FORMAT}"
     use_backend app if {{ req.hdr(host),field(1,:),lower -m str {HOST} }}
     default_backend not_found
 backend not_found
@@ -229,17 +240,39 @@ def http_route(domain: str, service: str) -> Route:
 
 
 @contextlib.asynccontextmanager
-async def running_router(directory: Path, backends: Sequence[str]) -> AsyncIterator[Router]:
-    """A Router on ROUTER_PORT with one HTTP route (HOST → SERVICE → the backends); closed at the end."""
-    (directory / "router").mkdir()
-    router = Router(Options(dir=directory / "router", http_port=ROUTER_PORT))
-    await router.start()
+async def access_reader(path: Path, name: str, delivered: Counter[str]) -> AsyncIterator[None]:
+    """encom's access-line reader on `path`, every line going to one job (counted, not sent anywhere)."""
+
+    async def locate(server: str) -> tuple[str, str]:
+        return "bench-job", "bench-host"
+
+    async def deliver(url: str, job_id: str, entries: list[RouterLogEntry]) -> None:
+        delivered[name] += len(entries)
+
+    reader = asyncio.create_task(AccessLog(locate, deliver).run(path))
     try:
-        await router.set_backends(SERVICE, backends)
-        await router.set_routes([http_route(HOST, SERVICE)])
-        yield router
+        yield
     finally:
-        await router.close()
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+
+
+@contextlib.asynccontextmanager
+async def running_router(directory: Path, backends: Sequence[str], delivered: Counter[str]) -> AsyncIterator[Router]:
+    """A Router on ROUTER_PORT as the router role runs it (access lines on, read by encom's reader) with one
+    HTTP route (HOST → SERVICE → the backends); closed at the end."""
+    (directory / "router").mkdir()
+    options = Options(dir=directory / "router", http_port=ROUTER_PORT, access_log=True)
+    async with access_reader(options.access_socket, "encom", delivered):
+        router = Router(options)
+        await router.start()
+        try:
+            await router.set_backends(SERVICE, backends)
+            await router.set_routes([http_route(HOST, SERVICE)])
+            yield router
+        finally:
+            await router.close()
 
 
 async def show_info(sock: Path) -> dict[str, str]:
@@ -524,6 +557,7 @@ class Results:
     info: dict[str, dict[str, str]]  # target -> HAProxy's show info
     nofile: tuple[int, int]
     command: str
+    access_lines: Counter[str]  # target -> access lines its reader got
 
 
 @contextlib.contextmanager
@@ -550,8 +584,12 @@ async def run(args: argparse.Namespace, directory: Path, command: str) -> Result
         for port in backend_ports[1:]:
             await wait_listening(port, limit=10.0, poll=0.02)
         await handwritten.start()
-        await same_job.start()
-        async with running_router(directory, addrs) as router:
+        delivered: Counter[str] = Counter()
+        async with (
+            access_reader(same_job.access_path, "samejob", delivered),
+            running_router(directory, addrs, delivered) as router,
+        ):
+            await same_job.start()
             ports = {"encom": ROUTER_PORT, "handwritten": HANDWRITTEN_PORT, "direct": backend_ports[0]}
             ports["samejob"] = SAME_JOB_PORT
             for name, port in ports.items():
@@ -574,7 +612,7 @@ async def run(args: argparse.Namespace, directory: Path, command: str) -> Result
                     continue
                 print(f"keep-alive connections held, {name} (bench fd limit {nofile[0]})", file=sys.stderr)
                 conns[name] = await max_clean(port, limit)
-    return Results(tp, routes, conns, info, nofile, command)
+    return Results(tp, routes, conns, info, nofile, command, delivered)
 
 
 # ---------------------------------------------------------------- report
@@ -674,8 +712,12 @@ def report(results: Results, rounds: int, duration: float) -> str:
         "Backends: one HAProxy process (1 thread) with one `http-request return … string ok` frontend per port.",
         "Hand-written minimal: one frontend, `default_backend`, no headers, no L7 retries. Hand-written same job:"
         " what encom's router does, written by hand for one app: Host routing with a 404 fallback, the same"
-        " X-Forwarded-*/X-Request-Id/X-Request-Start headers and the same retries (`retry-on conn-failure"
-        " empty-response`, which alone costs ~10 % here: it buffers every request so it can be replayed).",
+        " X-Forwarded-*/X-Request-Id/X-Request-Start headers, the same retries (`retry-on conn-failure"
+        " empty-response`, which alone costs ~10 % here: it buffers every request so it can be replayed) and the"
+        " same access line per request to a local socket, read by encom's own reader as the router role does.",
+        f"Access lines read during the run (the reader keeps at most {MAX_PENDING:,} per"
+        f" {FLUSH_SECONDS:g} s and drops the rest): encom {results.access_lines['encom']:,},"
+        f" same job {results.access_lines['samejob']:,}.",
     ]
     return "\n".join(lines)
 

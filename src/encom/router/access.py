@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import socket
+import threading
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ log = logging.getLogger(__name__)
 ACCESS_LOG_FORMAT = "%si:%sp %HM %{+Q}HU %ST %Ta %B %[capture.req.hdr(0)]"
 FLUSH_SECONDS = 0.5
 MAX_PENDING = 10_000  # lines held for delivery; beyond that new ones are dropped
+RECV_BYTES = 8192  # HAProxy's `len` for these lines
+RECV_TIMEOUT = 0.2  # how often the reading thread looks whether it should stop
 
 
 @dataclass(frozen=True)
@@ -69,25 +72,47 @@ Locate = Callable[[str], Awaitable[tuple[str, str] | None]]  # server -> (job id
 Deliver = Callable[[str, str, list[RouterLogEntry]], Awaitable[None]]  # host URL, job id, lines
 
 
-class AccessLog(asyncio.DatagramProtocol):
-    """Receives HAProxy's access lines and delivers them per job every FLUSH_SECONDS."""
+class AccessLog:
+    """Receives HAProxy's access lines and delivers them per job every FLUSH_SECONDS.
+
+    The datagrams are read by a thread of their own, kept raw and parsed at the flush: one per request adds up
+    (at tens of thousands of requests a second an event-loop callback each halved the router's throughput in
+    bench/router.py and would starve encomd's loop); a blocking recv loop costs a fraction of that."""
 
     def __init__(self, locate: Locate, deliver: Deliver) -> None:
         self.locate = locate
         self.deliver = deliver
-        self.pending: dict[str, list[RouterLogEntry]] = defaultdict(list)  # server -> entries
-        self.count = 0
+        self.pending: list[bytes] = []
+        self.lock = threading.Lock()
+        self.stopped = threading.Event()
 
-    def datagram_received(self, data: bytes, addr: object) -> None:
-        found = parse(data.decode(errors="replace"))
-        if found is None or self.count >= MAX_PENDING:
-            return
-        self.pending[found.server].append(found.entry)
-        self.count += 1
+    def receive(self, sock: socket.socket) -> None:
+        """The reading thread: until `stopped`, keep up to MAX_PENDING datagrams for the next flush."""
+        sock.settimeout(RECV_TIMEOUT)
+        while not self.stopped.is_set():
+            try:
+                data = sock.recv(RECV_BYTES)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with self.lock:
+                if len(self.pending) < MAX_PENDING:
+                    self.pending.append(data)
+
+    def take(self) -> dict[str, list[RouterLogEntry]]:
+        """What came since the last flush, parsed, per server."""
+        with self.lock:
+            raw, self.pending = self.pending, []
+        batches: dict[str, list[RouterLogEntry]] = defaultdict(list)
+        for data in raw:
+            found = parse(data.decode(errors="replace"))
+            if found is not None:
+                batches[found.server].append(found.entry)
+        return batches
 
     async def flush(self) -> None:
-        batches, self.pending, self.count = self.pending, defaultdict(list), 0
-        for server, entries in batches.items():
+        for server, entries in self.take().items():
             target = await self.locate(server)
             if target is None:
                 continue
@@ -100,13 +125,16 @@ class AccessLog(asyncio.DatagramProtocol):
     async def run(self, path: Path) -> None:
         """Listen on `path` (a unix datagram socket, replaced if it exists) and deliver until cancelled."""
         sock = bind_datagram(path)
-        transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(lambda: self, sock=sock)
+        reader = threading.Thread(target=self.receive, args=(sock,), name="router-access-log", daemon=True)
+        reader.start()
         try:
             while True:
                 await asyncio.sleep(FLUSH_SECONDS)
                 await self.flush()
         finally:
-            transport.close()
+            self.stopped.set()
+            await asyncio.to_thread(reader.join, RECV_TIMEOUT * 4)
+            sock.close()
 
 
 class JobDirectory:
