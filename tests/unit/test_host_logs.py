@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
@@ -126,7 +127,7 @@ def test_tailer_stamps_lines_strictly_increasing(tmp_path: Path) -> None:
     (tmp_path / "stdout.raw").write_bytes(b"".join(b"%d\n" % n for n in range(50)))
     Tailer(tmp_path, template(), job_log).poll()
     stamps = [line.timestamp for line in job_log.tail(100)]
-    assert len(stamps) == 50 and all(a < b for a, b in zip(stamps, stamps[1:], strict=False))
+    assert len(stamps) == 50 and all(a < b for a, b in itertools.pairwise(stamps))
 
 
 def kept(tmp_path: Path, name: str, n_lines: int, ended: bool, minutes: int) -> Kept:
