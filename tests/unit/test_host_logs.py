@@ -159,3 +159,35 @@ def test_an_apps_logs_are_bounded_in_bytes_and_ended_jobs(tmp_path: Path, monkey
     monkeypatch.setattr(logs, "APP_KEEP_JOBS", 3)
     quiet = [kept(tmp_path, f"quiet{i}", 0, ended=True, minutes=-i) for i in range(1, 6)]  # a silent crash loop
     assert sorted(logs_to_drop(quiet)) == ["quiet4", "quiet5"]
+
+
+def test_a_writer_far_ahead_loses_its_unread_output_not_the_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(logs, "RAW_BEHIND_MAX", 1000)
+    job_log = JobLog(tmp_path)
+    tailer = Tailer(tmp_path, template(), job_log)
+    (tmp_path / "stdout.raw").write_bytes(b"first\n")
+    tailer.poll()
+    append(tmp_path / "stdout.raw", b"y\n" * 1000)  # 2000 unread bytes: more than allowed
+    tailer.poll()
+    assert (tmp_path / "stdout.raw").stat().st_size == 0
+    append(tmp_path / "stdout.raw", b"after\n")
+    tailer.poll()
+    assert [(line.source, line.msg) for line in job_log.tail(10)] == [
+        ("app", "first"),
+        ("encom", "2000 bytes of stdout skipped: the job writes faster than its log can keep them"),
+        ("app", "after"),
+    ]
+
+
+def test_a_poll_reads_a_bounded_amount(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(logs, "READ_CHUNK", 4)  # reads of 16 bytes
+    monkeypatch.setattr(logs, "POLL_READS", 2)
+    job_log = JobLog(tmp_path)
+    tailer = Tailer(tmp_path, template(), job_log)
+    (tmp_path / "stdout.raw").write_bytes(b"".join(b"line %02d\n" % n for n in range(10)))  # 80 bytes
+    assert tailer.poll()
+    assert len(job_log.tail(100)) == 4  # 32 bytes this time
+    tailer.poll(final=True)
+    assert len(job_log.tail(100)) == 10

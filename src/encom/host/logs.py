@@ -27,6 +27,8 @@ APP_KEEP_LINES = 10_000  # an app's ended jobs' logs go once its newer logs hold
 APP_KEEP_BYTES = 64 << 20  # ...or this many bytes on this host
 APP_KEEP_JOBS = 200  # ...or it has this many newer ended jobs (a crash loop that prints nothing)
 RAW_TRUNCATE_BYTES = 16 << 20  # a fully consumed raw file beyond this is truncated (the writer appends)
+RAW_BEHIND_MAX = 64 << 20  # unread output beyond this is dropped (said in the log) rather than fill the disk
+POLL_READS = 4  # reads per stream and poll: a job writing without pause cannot hold the event loop
 READ_CHUNK = 1 << 16
 ONE_MICROSECOND = timedelta(microseconds=1)
 POLL_MIN = 0.02
@@ -375,6 +377,10 @@ class Tailer:
                 size = os.fstat(f.fileno()).st_size
                 if size < self.offsets[stream]:
                     self.offsets[stream] = 0
+                behind = size - self.offsets[stream]
+                if behind > RAW_BEHIND_MAX:
+                    self._skip(stream, behind)
+                    return b""
                 f.seek(self.offsets[stream])
                 data = f.read(READ_CHUNK * 4)
                 self.offsets[stream] = f.tell()
@@ -386,16 +392,29 @@ class Tailer:
             self.offsets[stream] = 0
         return data
 
+    def _skip(self, stream: Stream, behind: int) -> None:
+        """The job writes faster than its log keeps up: drop what is unread (truncating the raw file, which the
+        writer appends to) rather than let it fill the disk, and say so in the log."""
+        os.truncate(self.raw_path(stream), 0)
+        self.offsets[stream] = 0
+        self.splitters[stream] = LineSplitter()
+        msg = f"{behind} bytes of {stream} skipped: the job writes faster than its log can keep them"
+        self.log.append([self.template.model_copy(update={"timestamp": utcnow(), "source": "encom", "msg": msg})])
+
     def poll(self, final: bool = False) -> bool:
-        """Read what is new; with `final`, also the unterminated rest. Whether anything was read."""
+        """Read what is new, at most POLL_READS chunks a stream so a fast writer cannot hold the event loop (all of
+        it and the unterminated rest with `final`). Whether anything was read."""
         out: list[LogLine] = []
         got = False
         for stream in STREAMS:
-            data = self._read(stream)
-            while data:
+            reads = 0
+            while final or reads < POLL_READS:
+                data = self._read(stream)
+                if not data:
+                    break
+                reads += 1
                 got = True
                 out.extend(self._lines(stream, self.splitters[stream].feed(data)))
-                data = self._read(stream)
             if final:
                 out.extend(self._lines(stream, self.splitters[stream].flush()))
         if out:
