@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -209,10 +209,16 @@ class Job(Wire):
     updated_at: datetime
 
 
+TerminalSize = tuple[Annotated[int, Field(ge=1, le=10_000)], Annotated[int, Field(ge=1, le=10_000)]]
+
+
 class JobRun(Wire):
     """`encom run`: a one-off job of the current release running `args` (joined as a shell command line)."""
 
     args: list[str] = Field(max_length=1000)
+    attach: bool = False  # the job's stdin is kept for an attacher (GET /apps/{app}/jobs/{job}/attach)
+    tty: bool = False  # with attach: run the command on a pseudo-terminal
+    size: TerminalSize | None = None  # with tty: the initial (rows, cols)
 
 
 class RouteCreate(Wire):
@@ -268,6 +274,8 @@ EventType = Literal[
     "route_deletion",
     "key",
     "key_deletion",
+    "drain",
+    "drain_deletion",
 ]
 
 
@@ -295,9 +303,17 @@ class LogLine(Wire):
 
     def format(self) -> str:
         """`2026-11-24T19:00:00.123456Z app[web.1]: message`."""
-        ts = self.timestamp.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        name = self.dyno or self.process_type or "run"
-        return f"{ts} {self.source}[{name}]: {self.msg}"
+        return f"{self.time_text} {self.source}[{self.process_name}]: {self.msg}"
+
+    @property
+    def time_text(self) -> str:
+        """RFC 3339 in UTC with microseconds: `2026-11-24T19:00:00.123456Z`."""
+        return self.timestamp.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+    @property
+    def process_name(self) -> str:
+        """What `encom log` shows in brackets: the dyno (`web.1`), else the process type, else `run`."""
+        return self.dyno or self.process_type or "run"
 
 
 class RouterLogEntry(Wire):
@@ -363,6 +379,9 @@ class HostJobSpec(Wire):
     resources: Resources = Field(default_factory=Resources)
     builder: bool = False  # mount encom's build tooling read-only at /encom (build jobs only)
     stop_grace: float = 30.0
+    stdin: bool = False  # keep the write end of the job's stdin for an attacher
+    tty: bool = False  # run on a pseudo-terminal (the host keeps its master); implies stdin
+    size: TerminalSize | None = None  # with tty: the initial (rows, cols)
 
 
 HostJobState = Literal["starting", "up", "stopping", "down", "crashed", "failed"]
@@ -394,3 +413,20 @@ class HostStatus(Wire):
     id: str
     url: str
     jobs: int
+
+
+# ---------------------------------------------------------------- log drains
+
+
+class DrainCreate(Wire):
+    """`syslog+tcp://host:port`, `https://[user:pass@]host[:port]/path` or `http://…`."""
+
+    url: str = Field(max_length=2048)
+
+
+class Drain(Wire):
+    id: str
+    app_id: str
+    url: str  # as given, credentials included (the API is the cluster's admin API); never logged
+    token: str  # "d.<uuid>": sent as Logplex-Drain-Token (https) so the receiver can tell drains apart
+    created_at: datetime

@@ -10,9 +10,10 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, get_args
 
-from fastapi import APIRouter, Depends, FastAPI, Header, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Header, Request, Response, WebSocket
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError
 from starlette.responses import StreamingResponse
@@ -31,6 +32,8 @@ from encom.api.types import (
     ArtifactCreate,
     Deployment,
     DeployRequest,
+    Drain,
+    DrainCreate,
     EventType,
     ExpandedFormation,
     Formation,
@@ -46,7 +49,21 @@ from encom.api.types import (
     RouteCreate,
     RouteUpdate,
 )
-from encom.controller import apps, convert, deployments, formations, jobs, keys, limits, logs, oneoff, releases, routes
+from encom.controller import (
+    apps,
+    attach,
+    convert,
+    deployments,
+    drains,
+    formations,
+    jobs,
+    keys,
+    limits,
+    logs,
+    oneoff,
+    releases,
+    routes,
+)
 from encom.controller.db import Database
 from encom.controller.events import EventHub
 
@@ -70,10 +87,19 @@ def create_api(ctl: Controller) -> FastAPI:
 
     app.add_exception_handler(IntegrityError, on_integrity_error)
     router = APIRouter(dependencies=[Depends(require_key(ctl.settings.cluster_key))])
-    for add in (_apps, _keys, _releases, _formations, _jobs, _routes, _logs, _events):
+    for add in (_apps, _keys, _releases, _formations, _jobs, _routes, _drains, _logs, _events):
         add(router, ctl)
     app.include_router(router)
+    _attach(app, ctl)
     return app
+
+
+def _attach(app: FastAPI, ctl: Controller) -> None:
+    """On the app, not the router: router dependencies do not run for websockets (attach.serve checks the key)."""
+
+    @app.websocket("/apps/{app_ref}/jobs/{job_id}/attach")
+    async def attach_job(ws: WebSocket, app_ref: str, job_id: str) -> None:
+        await attach.serve(ws, ctl.settings, ctl.db, app_ref, job_id)
 
 
 def _apps(router: APIRouter, ctl: Controller) -> None:
@@ -270,6 +296,25 @@ def _routes(router: APIRouter, ctl: Controller) -> None:
             return routes.list_routes(s)
 
 
+def _drains(router: APIRouter, ctl: Controller) -> None:
+    db = ctl.db
+
+    @router.post("/apps/{app}/drains", status_code=201)
+    def create_drain(app: str, body: DrainCreate) -> Drain:
+        with db.write() as s:
+            return drains.create_drain(s, apps.find_app(s, app, lock=True), body)
+
+    @router.get("/apps/{app}/drains")
+    def list_drains(app: str) -> list[Drain]:
+        with db.read() as s:
+            return drains.list_drains(s, apps.find_app(s, app))
+
+    @router.delete("/apps/{app}/drains/{drain_ref:path}")
+    def delete_drain(app: str, drain_ref: str) -> Drain:
+        with db.write() as s:
+            return drains.delete_drain(s, apps.find_app(s, app, lock=True), drain_ref)
+
+
 def _logs(router: APIRouter, ctl: Controller) -> None:
     @router.get("/apps/{app}/log")
     async def app_log(
@@ -280,10 +325,17 @@ def _logs(router: APIRouter, ctl: Controller) -> None:
 
     @router.get("/apps/{app}/log/stream")
     async def app_log_stream(
-        app: str, lines: int = 100, process_type: str | None = None, job_id: str | None = None, follow: bool = False
+        app: str,
+        lines: int = 100,
+        process_type: str | None = None,
+        job_id: str | None = None,
+        follow: bool = False,
+        since: datetime | None = None,
     ) -> StreamingResponse:
         app_id = await asyncio.to_thread(logs.log_target, ctl.db, app, job_id)
-        body = await logs.ndjson(ctl.settings, app_id, lines, process_type, job_id, follow, lambda: ctl.hub.closed)
+        body = await logs.ndjson(
+            ctl.settings, app_id, lines, process_type, job_id, follow, lambda: ctl.hub.closed, since
+        )
         return StreamingResponse(body, media_type="application/x-ndjson")
 
 

@@ -37,7 +37,12 @@ API (errors are {"code", "message"}: 400 validation_error, 401 unauthorized, 404
   GET    /apps/{app}/jobs[?all=true]                -> list[Job] (active ones unless all)
   GET    /jobs[?all=true]                           -> list[Job] across apps (the scheduler's view)
   POST   /apps/{app}/jobs         JobRun            -> 201 Job: a one-off job of the current release running `args`
-                                                       (400 `App has no release, push first`, 400 empty command)
+                                                       (400 `App has no release, push first`, 400 empty command);
+                                                       `attach: true` keeps its stdin for an attacher, `tty: true`
+                                                       (with `size`: [rows, cols]) runs it on a pseudo-terminal
+  GET    /apps/{app}/jobs/{job}/attach              websocket of encom.api.attach frames, proxied to the job's
+                                                       host: output from the start, stdin, resize, signals, exit
+                                                       (401 bad key, 404 unknown job or another app's)
   GET    /apps/{app}/jobs/{job}                     -> Job (`job`: an id or a unique prefix of 6+ characters)
   DELETE /apps/{app}/jobs/{job}                     -> Job: stopped (409 when not running); the scheduler replaces
                                                        a formation job, not a one-off
@@ -53,6 +58,15 @@ API (errors are {"code", "message"}: 400 validation_error, 401 unauthorized, 404
   DELETE /apps/{app}/routes/{route_id}              -> 204 (route_id may be "<type>/<uuid>" or "<uuid>"; a "/"
                                                        route goes only after its domain's path routes)
   GET    /routes                                    -> list[Route] across apps (the router's view)
+  POST   /apps/{app}/drains       DrainCreate       -> 201 Drain (token "d.<uuid>"); 400 `unsupported drain URL
+                                                       scheme "ftp": use syslog+tcp://, syslog+tls://, https:// or
+                                                       http://`, 400 `drain URL has no host|no port|an invalid
+                                                       port: …`; 409 `drain already exists` (same URL, same app).
+                                                       A `drain` event (URL without its credentials)
+  GET    /apps/{app}/drains                         -> list[Drain], oldest first (URLs as given, credentials too)
+  DELETE /apps/{app}/drains/{drain}                 -> Drain removed (`drain`: its id or its URL, URL-encoded);
+                                                       404 unknown; a `drain_deletion` event. Deleting the app
+                                                       deletes its drains
   GET    /apps/{app}/log?lines=N[&process_type=T][&job_id=J]
                                               -> list[LogLine], oldest first (fan-in from every host; 404 for a
                                                  job not the app's)
@@ -67,8 +81,12 @@ API (errors are {"code", "message"}: 400 validation_error, 401 unauthorized, 404
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from datetime import datetime
 from typing import Any
 from urllib.parse import quote
+
+from websockets.asyncio.client import ClientConnection
 
 from encom.api import ndjson
 from encom.api.client import ApiClient, Verify
@@ -82,6 +100,8 @@ from encom.api.types import (
     ArtifactCreate,
     Deployment,
     DeployRequest,
+    Drain,
+    DrainCreate,
     Event,
     ExpandedFormation,
     Formation,
@@ -211,8 +231,15 @@ class ControllerClient(ApiClient):
         params = {"all": "true"} if include_ended else None
         return await self.get_list(Job, f"/apps/{app}/jobs", params=params)
 
-    async def run_job(self, app: str, args: list[str]) -> Job:
-        return await self.send_model("POST", Job, f"/apps/{app}/jobs", JobRun(args=args))
+    async def run_job(
+        self, app: str, args: list[str], attach: bool = False, tty: bool = False, size: tuple[int, int] | None = None
+    ) -> Job:
+        body = JobRun(args=args, attach=attach, tty=tty, size=size)
+        return await self.send_model("POST", Job, f"/apps/{app}/jobs", body)
+
+    def attach_job(self, app: str, job: str) -> AbstractAsyncContextManager[ClientConnection]:
+        """The job's attach websocket (frames: encom.api.attach); refused with the usual ApiErrors."""
+        return self.websocket(f"/apps/{app}/jobs/{quote(job, safe='')}/attach")
 
     async def get_job(self, app: str, job: str) -> Job:
         return await self.get_model(Job, f"/apps/{app}/jobs/{quote(job, safe='')}")
@@ -243,6 +270,17 @@ class ControllerClient(ApiClient):
     async def delete_route(self, app: str, route_id: str) -> None:
         await self.request("DELETE", f"/apps/{app}/routes/{route_id}")
 
+    # log drains
+    async def create_drain(self, app: str, url: str) -> Drain:
+        return await self.send_model("POST", Drain, f"/apps/{app}/drains", DrainCreate(url=url))
+
+    async def list_drains(self, app: str) -> list[Drain]:
+        return await self.get_list(Drain, f"/apps/{app}/drains")
+
+    async def delete_drain(self, app: str, drain: str) -> Drain:
+        """`drain` is the drain's id or its URL."""
+        return await self.send_model("DELETE", Drain, f"/apps/{app}/drains/{quote(drain, safe='')}")
+
     # logs and events
     async def app_log(
         self, app: str, lines: int = 100, process_type: str | None = None, job_id: str | None = None
@@ -261,13 +299,17 @@ class ControllerClient(ApiClient):
         process_type: str | None = None,
         job_id: str | None = None,
         follow: bool = False,
+        since: datetime | None = None,
     ) -> AsyncIterator[LogLine | None]:
-        """GET /apps/{app}/log/stream?lines=N[&process_type=T][&job_id=J][&follow=true] (NDJSON): the app's last
-        N lines from every host, oldest first (400 lines outside 1-10000; 404 unknown app, or a job not the
-        app's: `no job J in app A`). With follow, then `{"live":true}` (yielded as None) and every new line as
-        it is written, of jobs started later too, from hosts that join later too, until the client leaves;
-        an empty line (skipped) after 10 s without one."""
+        """GET /apps/{app}/log/stream?lines=N[&process_type=T][&job_id=J][&follow=true[&since=T]] (NDJSON): the
+        app's last N lines from every host, oldest first (400 lines outside 1-10000; 404 unknown app, or a job
+        not the app's: `no job J in app A`). With follow, then `{"live":true}` (yielded as None) and every new
+        line as it is written, of jobs started later too, from hosts that join later too, until the client
+        leaves; an empty line (skipped) after 10 s without one. With since (and follow), the history is the
+        last N lines written after that time: how a follower resumes."""
         params: dict[str, Any] = {"lines": lines, "follow": "true" if follow else "false"}
+        if since is not None:
+            params["since"] = since.isoformat()
         if process_type is not None:
             params["process_type"] = process_type
         if job_id is not None:

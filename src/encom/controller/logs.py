@@ -96,6 +96,7 @@ class _Follow:
     hosts: set[str] = field(default_factory=set)  # as discoverd listed them last
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     started: datetime = field(default_factory=utcnow)
+    after: datetime | None = None  # resume: every line after this time (history included), not the last N
 
     def watch(self, url: str, history: bool) -> None:
         self.tasks[url] = asyncio.create_task(self._host(url, history), name=f"log-follow-{url}")
@@ -103,7 +104,7 @@ class _Follow:
     async def _host(self, url: str, history: bool) -> None:
         """Follow one host's lines for as long as discoverd lists it; reconnect (catching up from the last line
         seen) when its stream breaks. With `history`, its last lines first go to the queue as ("history", …)."""
-        since = None if history else self.started
+        since = self.after if self.after is not None else (None if history else self.started)
         attempt = 0
         try:
             while True:
@@ -204,14 +205,16 @@ async def follow_app_log(
     process_type: str | None,
     job_id: str | None,
     ended: Callable[[], bool],
+    since: datetime | None = None,
 ) -> AsyncIterator[LogLine | None]:
-    """The app's last lines from every host merged by time, None (the history has been sent), then every new
+    """The app's last lines from every host merged by time (with `since`, its last lines after that time: how
+    a log drain resumes), None (the history has been sent), then every new
     line of every host as it comes, hosts found in discoverd later included (re-listed every few seconds); a
     host whose stream breaks is reconnected and caught up. A None also after KEEPALIVE seconds of silence.
     Hosts are listed before this returns, so discoverd's errors raise here."""
     check_lines(lines)
     hosts = await host_urls(settings)
-    return _Follow(settings, app_id, lines, process_type, job_id).run(ended, hosts)
+    return _Follow(settings, app_id, lines, process_type, job_id, after=since).run(ended, hosts)
 
 
 async def ndjson(
@@ -222,9 +225,12 @@ async def ndjson(
     job_id: str | None,
     follow: bool,
     ended: Callable[[], bool],
+    since: datetime | None = None,
 ) -> AsyncIterator[bytes]:
     """The body of `GET /apps/{app}/log/stream`: LogLine JSON lines; with follow, `{"live":true}` once the
-    history has been sent, then new lines and empty lines as keepalives."""
+    history has been sent (with `since`: the lines after it, how `encom log -f` resumes), then new lines and
+    empty lines as keepalives."""
     if follow:
-        return ndjson_stream.follow(await follow_app_log(settings, app_id, lines, process_type, job_id, ended))
+        source = await follow_app_log(settings, app_id, lines, process_type, job_id, ended, since)
+        return ndjson_stream.follow(source)
     return ndjson_stream.lines(await app_log(settings, app_id, lines, process_type, job_id))
