@@ -1,4 +1,4 @@
-"""`encom run`'s exit status and output, from the job records."""
+"""`encom run`'s exit status, from the job record or the attach exit frame."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from encom.api.types import Job, LogLine
-from encom.cli.run import Output, exit_code
+from encom.api.attach import AttachExit
+from encom.api.types import Job
+from encom.cli.run import exit_code
 
 T0 = datetime(2026, 11, 24, tzinfo=UTC)
 
@@ -32,17 +33,4 @@ def job(state: str, exit_status: int | None = None) -> Job:
 )
 def test_exit_code(state: str, status: int | None, code: int) -> None:
     assert exit_code(job(state, status)) == code
-
-
-def test_output_prints_each_line_of_the_job_once(capsys: pytest.CaptureFixture[str]) -> None:
-    def line(msg: str, job_id: str = "j1", stream: str = "stdout", source: str = "app") -> LogLine:
-        return LogLine.model_validate(
-            {"timestamp": T0, "app_id": "a", "job_id": job_id, "process_type": "", "msg": msg, "stream": stream,
-             "source": source}
-        )  # fmt: skip
-
-    output = Output("j1")
-    output.show([line("one"), line("other job", job_id="j2"), line("State changed", source="encom")])
-    output.show([line("one"), line("oops", stream="stderr"), line("two")])
-    captured = capsys.readouterr()
-    assert (captured.out, captured.err) == ("one\ntwo\n", "oops\n")
+    assert exit_code(AttachExit.model_validate({"state": state, "exit_status": status})) == code  # the exit frame

@@ -7,13 +7,15 @@ import hashlib
 import json
 import ssl
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 from pydantic import BaseModel, TypeAdapter
+from websockets.asyncio.client import ClientConnection
 
+from encom.api import wsclient
 from encom.api.auth import bearer
 from encom.api.errors import ApiError
 from encom.api.sse import SSEMessage, parse_sse
@@ -56,6 +58,8 @@ class ApiClient:
 
     def __init__(self, base_url: str, key: str | None = None, *, verify: Verify = True, timeout: float = 30.0) -> None:
         self.base_url = base_url.rstrip("/")
+        self._key = key
+        self._verify = verify
         self.http = httpx.AsyncClient(
             base_url=self.base_url,
             headers=bearer(key) if key else {},
@@ -98,6 +102,10 @@ class ApiClient:
         elif body is not None:
             kwargs["json"] = body
         return model.model_validate((await self.request(method, path, **kwargs)).json())
+
+    def websocket(self, path: str) -> AbstractAsyncContextManager[ClientConnection]:
+        """A websocket to `path` with this client's key and TLS trust (a refused handshake raises ApiError)."""
+        return wsclient.websocket(self.base_url, path, self._key, self._verify)
 
     @asynccontextmanager
     async def stream(self, method: str, path: str, **kwargs: Any) -> AsyncIterator[httpx.Response]:

@@ -54,6 +54,7 @@ def embedded_server(
         ssl_certfile=str(certfile) if certfile else None,
         ssl_keyfile=str(keyfile) if keyfile else None,
         timeout_graceful_shutdown=3,
+        ws_max_size=1 << 20,  # websocket messages (attach frames are at most 64 KiB); uvicorn's default is 16 MiB
     )
     return EmbeddedServer(config)
 

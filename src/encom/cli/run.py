@@ -1,22 +1,31 @@
-"""`encom run` (one-off jobs) and `encom kill`."""
+"""`encom run` (one-off jobs) and `encom kill`.
+
+An attached run streams stdin to the job and its stdout/stderr back byte for byte over the controller's attach
+websocket (frames: encom.api.attach); on a terminal the job gets a pseudo-terminal and the local one goes raw.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import sys
+from typing import Protocol
 
 import click
 
-from encom.api.types import ENDED_JOB_STATES, Job, LogLine
+from encom.api.attach import AttachExit
+from encom.cli.attached import Session, raw_mode, terminal_size
 from encom.cli.context import app_options, call, current_target
+from encom.cli.output import CliError
 from encom.controller.client import ControllerClient
 
-POLL_SECONDS = 0.3
-LOG_LINES = 10_000
+
+class Ended(Protocol):
+    @property
+    def state(self) -> str: ...
+    @property
+    def exit_status(self) -> int | None: ...
 
 
-def exit_code(job: Job) -> int:
+def exit_code(job: Ended) -> int:
     """The job's exit status as the CLI's: 0 for a clean exit, the status when it crashed, 1 when it never ran."""
     if job.state == "down":
         return job.exit_status or 0
@@ -25,51 +34,15 @@ def exit_code(job: Job) -> int:
     return 1
 
 
-class Output:
-    """The job's output, printed once per line as it shows up in the app's log."""
-
-    def __init__(self, job_id: str) -> None:
-        self.job_id = job_id
-        self.seen: set[tuple[str, str, str]] = set()
-
-    def show(self, lines: list[LogLine]) -> None:
-        for line in lines:
-            key = (line.timestamp.isoformat(), line.stream, line.msg)
-            if line.job_id != self.job_id or line.source != "app" or key in self.seen:
-                continue
-            self.seen.add(key)
-            click.echo(line.msg, err=line.stream == "stderr")
-
-
-async def follow(client: ControllerClient, app: str, job: Job) -> Job:
-    """Print the job's output as it is written until the job has ended; Ctrl-C stops the job."""
-    output = Output(job.id)
-
-    async def printing() -> None:
-        async for line in client.app_log_stream(app, lines=LOG_LINES, job_id=job.id, follow=True):
-            if line is not None:
-                output.show([line])
-
-    printer = asyncio.create_task(printing())
-    try:
-        while (job := await client.get_job(app, job.id)).state not in ENDED_JOB_STATES:
-            if printer.done():
-                printer.result()  # the stream failed: say why
-            await asyncio.sleep(POLL_SECONDS)
-    except asyncio.CancelledError:
-        await client.kill_job(app, job.id)
-        raise
-    finally:
-        printer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await printer
-    output.show(await client.app_log(app, lines=LOG_LINES, job_id=job.id))  # what the stream had not sent yet
-    return job
-
-
-async def run_job(client: ControllerClient, app: str, args: list[str], detach: bool) -> Job:
-    job = await client.run_job(app, args)
-    return job if detach else await follow(client, app, job)
+async def run_attached(client: ControllerClient, app: str, args: list[str], tty: bool) -> AttachExit:
+    size = terminal_size() if tty else None
+    job = await client.run_job(app, args, attach=True, tty=tty, size=size)
+    async with client.attach_job(app, job.id) as conn:
+        with raw_mode(sys.stdin.fileno(), tty):
+            result = await Session(conn, tty).run()
+    if result is None:
+        raise CliError(f"lost the connection to job {job.id}; it may still be running (see `encom ps`)")
+    return result
 
 
 @click.command(
@@ -79,15 +52,20 @@ async def run_job(client: ControllerClient, app: str, args: list[str], detach: b
 @click.option("-d", "--detach", is_flag=True, help="run in the background; the output goes to the log")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def run(detach: bool, command: tuple[str, ...]) -> None:
-    """Run a command in a one-off job from the current release, with the app's env."""
+    """Run a command in a one-off job from the current release, with the app's env.
+
+    The job is attached: your stdin is its stdin, its stdout and stderr are yours, and on a terminal it gets one
+    too (`encom run bash`). Ctrl-C interrupts it (twice: kills it); the exit status is the job's."""
     target = current_target()
-    job = call(target.cluster, lambda c: run_job(c, target.app, list(command), detach))
     if detach:
+        job = call(target.cluster, lambda c: c.run_job(target.app, list(command)))
         click.echo(f"Running `{' '.join(command)}` as job {job.id}; its output goes to `encom log`.")
         return
-    if job.state == "failed":
-        click.echo(f"error: the job could not start: {job.error or 'unknown error'}", err=True)
-    sys.exit(exit_code(job))
+    tty = sys.stdin.isatty() and sys.stdout.isatty()
+    result = call(target.cluster, lambda c: run_attached(c, target.app, list(command), tty))
+    if result.state == "failed":
+        click.echo(f"error: the job could not start: {result.error or 'unknown error'}", err=True)
+    sys.exit(exit_code(result))
 
 
 @click.command("kill")

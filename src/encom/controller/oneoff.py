@@ -45,6 +45,8 @@ async def run(settings: Settings, db: Database, ref: str, body: JobRun) -> Job:
         raise ValidationError("run needs a command")
     app, release, artifact = await asyncio.to_thread(_current, db, ref)
     spec = command_spec(app, release, artifact, shlex.join(body.args), f"run.{random.randint(1000, 9999)}")
+    if body.attach:
+        spec = spec.model_copy(update={"stdin": True, "tty": body.tty, "size": body.size if body.tty else None})
     async with DiscoverdClient(settings.discoverd_url, settings.internal_secret) as discoverd:
         host = await pick_host(discoverd, settings.internal_secret, prefer=settings.host_id)
     async with host:
@@ -74,6 +76,14 @@ async def _host_url(settings: Settings, host_id: str) -> str:
         if instance.meta.get("id") == host_id and instance.meta.get("url"):
             return instance.meta["url"]
     raise ApiError("unavailable", f"host {host_id} of the job is not available", 503)
+
+
+async def attach_target(settings: Settings, db: Database, ref: str, job_ref: str) -> tuple[Job, str]:
+    """The app's job to attach to and its host's URL (404 unknown job or another app's, 409 never placed)."""
+    job = await asyncio.to_thread(find_job, db, ref, job_ref)
+    if job.host_id is None:
+        raise Conflict(f"job {job.id} is not on a host ({job.state})")
+    return job, await _host_url(settings, job.host_id)
 
 
 async def kill(settings: Settings, db: Database, ref: str, job_ref: str) -> Job:

@@ -5,16 +5,18 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from datetime import datetime
 
-from fastapi import APIRouter, Depends, FastAPI
+from fastapi import APIRouter, Depends, FastAPI, WebSocket
 from fastapi.responses import Response, StreamingResponse
 
 from encom.api import ndjson
 from encom.api.auth import require_key
-from encom.api.errors import ValidationError
+from encom.api.errors import ApiError, ValidationError
 from encom.api.server import make_app
 from encom.api.sse import SSEMessage, message, sse_response
 from encom.api.types import HostJob, HostJobEvent, HostJobSpec, HostStatus, LogLine, RouterLog
+from encom.api.wsserver import check_key, refuse
 from encom.host.jobs import JobManager
+from encom.host.session import AttachSession
 
 STOP_WAIT = 20.0  # DELETE answers once the job has ended or after this long (the client's timeout is 30 s)
 MAX_LINES = 100_000
@@ -83,6 +85,16 @@ def build_app(jobs: JobManager, secret: str, url: str) -> FastAPI:
     ) -> StreamingResponse:
         source = jobs.follow_app_log(app_id, _lines(lines), process_type, job_id, since)
         return StreamingResponse(ndjson.follow(source), media_type="application/x-ndjson")
+
+    @app.websocket("/host/jobs/{job_id}/attach")
+    async def attach_job(ws: WebSocket, job_id: str) -> None:
+        try:
+            check_key(ws, secret)
+            runner = jobs.runner(job_id)
+        except ApiError as exc:
+            await refuse(ws, exc)
+            return
+        await AttachSession(ws, runner, jobs.deps.runc).run()
 
     app.include_router(router)
     return app

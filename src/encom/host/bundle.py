@@ -16,13 +16,16 @@ from encom.api.types import HostJobSpec
 # Sources every /app/.profile.d/*.sh, then runs the Procfile command ($1) through bash, as Heroku does. The command
 # runs as a child rather than exec'd: PID 1 of a PID namespace ignores signals it has no handler for, so SIGTERM
 # would never reach an exec'd app. This bash forwards SIGTERM/SIGINT, reaps orphans and exits with its status.
+# Without job control bash gives a background command /dev/null as stdin and ignores SIGINT/SIGQUIT in it (which
+# a shell then cannot even trap): `<&0` keeps the job's stdin (an attached one's pipe or terminal) and `env
+# --default-signal` restores the two signals, so an interrupt reaches the command.
 RUNNER = """\
 __encom_cmd="$1"
 for __encom_f in /app/.profile.d/*.sh; do [ -r "$__encom_f" ] && . "$__encom_f"; done
 unset __encom_f
 trap 'kill -TERM "$__encom_pid" 2>/dev/null' TERM
 trap 'kill -INT "$__encom_pid" 2>/dev/null' INT
-bash -c "$__encom_cmd" &
+env --default-signal=INT,QUIT bash -c "$__encom_cmd" <&0 &
 __encom_pid=$!
 while :; do
   wait "$__encom_pid"
@@ -222,10 +225,10 @@ def linux_resources(spec: HostJobSpec) -> dict[str, Any]:
 def build_config(spec: HostJobSpec, paths: BundlePaths, opts: BundleOptions) -> dict[str, Any]:
     """The OCI runtime spec (config.json) of a job."""
     nofile = nofile_limit(spec.resources.max_fd)
-    return {
+    config: dict[str, Any] = {
         "ociVersion": "1.0.2",
         "process": {
-            "terminal": False,
+            "terminal": spec.tty,
             "user": {"uid": opts.uid, "gid": opts.gid},
             "args": process_args(spec),
             "env": process_env(spec, opts),
@@ -247,6 +250,9 @@ def build_config(spec: HostJobSpec, paths: BundlePaths, opts: BundleOptions) -> 
             "readonlyPaths": list(READONLY_PATHS),
         },
     }
+    if spec.tty and spec.size is not None:
+        config["process"]["consoleSize"] = {"height": spec.size[0], "width": spec.size[1]}
+    return config
 
 
 def hosts_file(hostname: str) -> str:

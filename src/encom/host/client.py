@@ -11,6 +11,10 @@ API:
   GET    /host/jobs/{job_id}/log?lines=N&follow=bool
                                               NDJSON of LogLine; with follow, streams until the job has ended and
                                                its output is drained
+  GET    /host/jobs/{job_id}/attach              websocket of encom.api.attach frames: the job's stdout/stderr bytes
+                                               from the start, then EXIT; takes STDIN, STDIN_EOF, RESIZE, SIGNAL
+                                               (stdin and resize only for jobs started with stdin/tty). One
+                                               attacher at a time (a second gets an ERROR frame); 404 unknown job
   POST   /host/jobs/{job_id}/router-log  RouterLog -> 204: the router's access lines for requests the job served
                                                join its log as `router[web.1]: …` (404 unknown job)
   GET    /host/logs?app_id=...&lines=N[&process_type=T][&job_id=J]
@@ -31,7 +35,10 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
+
+from websockets.asyncio.client import ClientConnection
 
 from encom.api import ndjson
 from encom.api.client import ApiClient
@@ -87,6 +94,10 @@ class HostClient(ApiClient):
         params = {"lines": lines, "follow": "true" if follow else "false"}
         async for item in self.ndjson(f"/host/jobs/{job_id}/log", params=params):
             yield LogLine.model_validate(item)
+
+    def attach(self, job_id: str) -> AbstractAsyncContextManager[ClientConnection]:
+        """The job's attach websocket (see encom.api.attach for the frames)."""
+        return self.websocket(f"/host/jobs/{job_id}/attach")
 
     async def add_router_log(self, job_id: str, lines: list[RouterLogEntry]) -> None:
         body = RouterLog(lines=lines).model_dump(mode="json")

@@ -24,10 +24,11 @@ from encom.api.types import (
 )
 from encom.discoverd.client import DiscoverdClient
 from encom.host import drain, process, slugs
+from encom.host.attach import ConsoleSocket, JobInput, TtyPump, set_size, start_tty
 from encom.host.bundle import BundleOptions, BundlePaths, write_bundle
 from encom.host.events import EventHub
 from encom.host.health import wait_healthy
-from encom.host.logs import JobLog, Tailer
+from encom.host.logs import JobLog, Pulse, Tailer
 from encom.host.ports import PortAllocator
 from encom.host.registry import Registration
 from encom.host.runtime import Runc, RuncError
@@ -47,6 +48,7 @@ KILL_WAIT = 10.0
 HEALTH_FAIL_GRACE = 2.0
 RECORD = "job.json"
 STDERR_LOOKBACK = 20  # log lines searched for the reason a command could not run
+PUMP_DRAIN = 2.0  # a TTY job's last output, read from the pty after the process has exited
 
 
 @dataclass
@@ -107,7 +109,14 @@ class JobRunner:
         self.registration: Registration | None = None
         self.task: asyncio.Task[None] | None = None
         self._subtasks: list[asyncio.Task[object]] = []
+        self.input: JobInput | None = None  # an attached job's stdin (a pipe) or terminal, while it runs
+        self.pump: TtyPump | None = None
+        self.output = Pulse()  # fires when a TTY job wrote output and when the job has ended (attachers wait on it)
+        self.adopted = False
+        self.attached = False  # an attacher is connected (one at a time)
+        self.io_ready = asyncio.Event()  # set once `input` is what it will be (the container runs, or never will)
         if job.state not in RUNNING_HOST_STATES:
+            self.io_ready.set()
             self.ended.set()
             self.exited.set()
             self.tailer.drained.set()
@@ -153,6 +162,9 @@ class JobRunner:
     # ------------------------------------------------------------------ life
 
     def start(self, adopted: bool = False) -> None:
+        self.adopted = adopted
+        if adopted:
+            self.io_ready.set()
         coro = self._adopt() if adopted else self._run()
         self.task = asyncio.create_task(coro, name=f"job-{self.id}")
 
@@ -165,8 +177,7 @@ class JobRunner:
             if self.stop_requested:
                 await self._finish(None)
                 return
-            stdout, stderr = self.tailer.raw_path("stdout"), self.tailer.raw_path("stderr")
-            pid = await self.deps.runc.run_detached(self.id, self.paths.dir, self.paths.pid_file, stdout, stderr)
+            pid = await self._start_container()
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bad slug, a full disk, runc refusing the bundle: the job could not start
@@ -176,10 +187,61 @@ class JobRunner:
             self.failure = str(exc) or type(exc).__name__
             await self._finish(None)
             return
+        self.io_ready.set()
         self.update(pid=pid, started_at=utcnow())
         if self.stop_requested:  # stopped while runc was starting it
             self._spawn(self._terminate(self.grace))
-        await self._supervise(process.wait_child(pid))
+        await self._supervise(self._exit_after_output(process.wait_child(pid)))
+
+    async def _start_container(self) -> int:
+        """`runc run -d`; an attached job keeps its stdin pipe's write end or its pty master in `self.input`."""
+        spec = self.job.spec
+        if spec.tty:
+            return await self._start_on_tty()
+        if spec.stdin:
+            return await self._start_with_stdin()
+        return await self._runc_run()
+
+    async def _runc_run(self, stdin: int | None = None, console: ConsoleSocket | None = None) -> int:
+        stdout, stderr = self.tailer.raw_path("stdout"), self.tailer.raw_path("stderr")
+        socket_path = console.path if console is not None else None
+        return await self.deps.runc.run_detached(
+            self.id, self.paths.dir, self.paths.pid_file, stdout, stderr, stdin=stdin, console_socket=socket_path
+        )
+
+    async def _start_on_tty(self) -> int:
+        """The pty master comes from runc over a console socket; its output is pumped into `stdout.raw`."""
+        console = ConsoleSocket()
+        try:
+            pid, master = await start_tty(asyncio.create_task(self._runc_run(console=console)), console)
+        finally:
+            console.close()
+        if self.job.spec.size is not None:
+            set_size(master, *self.job.spec.size)
+        self.pump = TtyPump(master, self.tailer.raw_path("stdout"), self.output)
+        self.input = JobInput.for_tty(master)
+        return pid
+
+    async def _start_with_stdin(self) -> int:
+        """runc (and so the container) reads a pipe whose write end the host keeps."""
+        read_end, write_end = os.pipe()
+        try:
+            pid = await self._runc_run(stdin=read_end)
+        except BaseException:
+            os.close(write_end)
+            raise
+        finally:
+            os.close(read_end)
+        self.input = JobInput(write_end, tty=False)
+        return pid
+
+    async def _exit_after_output(self, waiter: Coroutine[Any, Any, int | None]) -> int | None:
+        """The exit code, once a TTY job's last output has been read from its pty too."""
+        code = await waiter
+        if self.pump is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.pump.done.wait(), PUMP_DRAIN)
+        return code
 
     async def _adopt(self) -> None:
         pid = self.job.pid or 0
@@ -298,6 +360,8 @@ class JobRunner:
 
     async def _finish(self, code: int | None) -> None:
         self.exited.set()
+        self._close_io()
+        self.io_ready.set()
         if not self.tailer.running:  # never started: what runc printed still belongs in the job's log
             self.tailer.poll(final=True)
             self.tailer.drained.set()
@@ -316,6 +380,19 @@ class JobRunner:
         self.set_state(state, ended_at=utcnow(), **changes)
         self.ended.set()
         self.log.changed.fire()  # followers end once the job has (see JobManager.job_log)
+        self.output.fire()
+
+    def hang_up(self) -> None:
+        """Close a TTY job's terminal (its output so far is in `stdout.raw`)."""
+        if self.job.spec.tty:
+            self._close_io()
+
+    def _close_io(self) -> None:
+        if self.input is not None:
+            self.input.close()
+            self.input = None
+        if self.pump is not None:
+            self.pump.close()
 
     def _outcome(self, code: int | None, oom: bool) -> tuple[HostJobState, dict[str, object]]:
         if self.failure is not None:
@@ -342,6 +419,8 @@ class JobRunner:
         """An ended job keeps its record and logs; its slug copy and rootfs go."""
         shutil.rmtree(self.paths.app, ignore_errors=True)
         shutil.rmtree(self.paths.rootfs, ignore_errors=True)
+        if self.job.spec.stdin or self.job.spec.tty:
+            return  # an attacher may not have read them yet (they go with the job's directory)
         for raw in ("stdout.raw", "stderr.raw"):
             (self.paths.dir / raw).unlink(missing_ok=True)
 
@@ -374,6 +453,7 @@ class JobRunner:
         await asyncio.gather(*(t for t in [self.task, *self._subtasks] if t is not None), return_exceptions=True)
         if self.registration is not None:
             await self.registration.stop(deregister=False)
+        self._close_io()  # as when encomd exits: a TTY job gets a hangup, a stdin pipe its end
         self.tailer.poll()
 
 

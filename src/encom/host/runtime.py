@@ -75,11 +75,24 @@ class Runc:
         assert proc.returncode is not None
         return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
 
-    async def run_detached(self, container_id: str, bundle: Path, pid_file: Path, stdout: Path, stderr: Path) -> int:
+    async def run_detached(
+        self,
+        container_id: str,
+        bundle: Path,
+        pid_file: Path,
+        stdout: Path,
+        stderr: Path,
+        *,
+        stdin: int | None = None,
+        console_socket: Path | None = None,
+    ) -> int:
         """`runc run -d`: returns the container init's pid once it runs. The container inherits the two files
-        (opened for append) as its stdout and stderr, so its output survives us."""
+        (opened for append) as its stdout and stderr, so its output survives us, and `stdin` (a pipe's read end)
+        when given. With `console_socket` (a bundle with `terminal: true`) runc sends the pty master there instead
+        and the files only get runc's own errors."""
         log_file = bundle / "runc.log"
         _remove(log_file, pid_file)
+        console = ["--console-socket", str(console_socket)] if console_socket is not None else []
         args = [
             *self._base(),
             "--log",
@@ -88,6 +101,7 @@ class Runc:
             "json",
             "run",
             "-d",
+            *console,
             "--bundle",
             str(bundle),
             "--pid-file",
@@ -98,7 +112,7 @@ class Runc:
         err_fd = os.open(stderr, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
         try:
             proc = await asyncio.create_subprocess_exec(
-                *args, stdin=asyncio.subprocess.DEVNULL, stdout=out_fd, stderr=err_fd
+                *args, stdin=asyncio.subprocess.DEVNULL if stdin is None else stdin, stdout=out_fd, stderr=err_fd
             )
         finally:
             os.close(out_fd)
