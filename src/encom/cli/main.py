@@ -10,7 +10,7 @@ import httpx
 import pydantic
 
 from encom.api.errors import ApiError
-from encom.cli import apps, clusters, env, jobs, keys, limits, meta, release_commands, routes, run, scale
+from encom.cli import apps, clusters, drains, env, jobs, keys, limits, meta, release_commands, routes, run, scale
 from encom.cli.context import Selection, app_options
 from encom.cli.output import CliError
 
@@ -70,6 +70,7 @@ for command in (
     release_commands.release_group,
     release_commands.deployment_list,
     routes.route_group,
+    drains.drain_group,
 ):
     cli.add_command(command)
 

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from encom.api.errors import Conflict, NotFound, ValidationError
 from encom.api.settings import Settings
 from encom.api.types import MAX_STOP_GRACE, STRATEGIES, App, AppCreate, AppDeleted, AppUpdate, utcnow
-from encom.controller import convert, events, formations, routes
+from encom.controller import convert, drains, events, formations, routes
 from encom.controller.models import AppRow, DeploymentRow, FormationRow, ReleaseRow
 
 
@@ -101,6 +101,7 @@ def delete_app(session: Session, ref: str) -> AppDeleted:
     app = convert.app(row)
     formations.scale_app_to_zero(session, row)
     deleted_routes = routes.delete_app_routes(session, row)
+    drains.delete_app_drains(session, row)
     session.execute(delete(FormationRow).where(FormationRow.app_id == row.id))
     session.execute(delete(DeploymentRow).where(DeploymentRow.app_id == row.id))
     release_ids = list(session.scalars(select(ReleaseRow.id).where(ReleaseRow.app_id == row.id)))

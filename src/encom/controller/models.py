@@ -168,3 +168,17 @@ class EventRow(Base):
     object_id: Mapped[str] = mapped_column(String(128))
     data: Mapped[JSONDict] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class DrainRow(Base):
+    """A log drain of an app. `cursor` is the time of the last line delivered (the drainer resumes after it)."""
+
+    __tablename__ = "drains"
+    __table_args__ = (UniqueConstraint("app_id", "url", name="uq_drains_app_url"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    app_id: Mapped[str] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"), index=True)
+    url: Mapped[str] = mapped_column(Text)
+    token: Mapped[str] = mapped_column(String(64))
+    cursor: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

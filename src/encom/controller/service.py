@@ -17,6 +17,7 @@ from encom.bootstrap.tls import controller_cert_paths, ensure_tls
 from encom.controller.api import Controller, create_api
 from encom.controller.db import Database, default_url
 from encom.controller.deployer import Deployer
+from encom.controller.drains import Drainer
 from encom.controller.events import EventHub
 
 DATABASE_URL_ENV = "ENCOM_CONTROLLER_DATABASE_URL"
@@ -32,6 +33,7 @@ async def run(ctx: RoleContext, database_url: str | None = None) -> None:
         await asyncio.to_thread(ensure_tls, settings)
         hub = EventHub(db)
         deployer = Deployer(settings, db, hub)
+        drainer = Drainer(settings, db, hub)
         certfile, keyfile = controller_cert_paths(settings)
         server = embedded_server(
             create_api(Controller(settings, db, hub, deployer.kick)),
@@ -42,13 +44,15 @@ async def run(ctx: RoleContext, database_url: str | None = None) -> None:
         )
         task = asyncio.create_task(run_server(server, ctx.ready))
         deploying = asyncio.create_task(deployer.run(), name="controller-deployer")
+        draining = asyncio.create_task(drainer.run(), name="controller-drainer")
         try:
             await asyncio.shield(task)
         finally:
             deploying.cancel()
+            draining.cancel()
             hub.close()  # end the SSE streams first so the graceful shutdown does not wait on them
             task.cancel()
-            for running in (deploying, task):
+            for running in (deploying, draining, task):
                 with contextlib.suppress(BaseException):
                     await running
     finally:
