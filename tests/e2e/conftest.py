@@ -21,7 +21,7 @@ from encom.host.process import zombie_children
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
-PORT_BASE = 30000
+PORT_BASE = int(os.environ.get("ENCOM_E2E_PORT_BASE", "30000"))  # another base lets two e2e runs coexist
 RATE = 50.0  # requests per second of a steady load, sent on schedule whatever the answers (open loop)
 
 
@@ -273,3 +273,41 @@ def user(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> User:
 
 
 os.environ.setdefault("ENCOM_E2E", "1")
+
+
+@dataclass
+class Follow:
+    """`encom log -f` running, its stdout read line by line with the time each line arrived."""
+
+    proc: subprocess.Popen[str]
+    lines: list[tuple[float, str]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def read(self) -> None:
+        assert self.proc.stdout is not None
+        for text in self.proc.stdout:
+            with self.lock:
+                self.lines.append((time.time(), text.rstrip("\n")))
+
+    def snapshot(self) -> list[tuple[float, str]]:
+        with self.lock:
+            return list(self.lines)
+
+
+def start_follow(owner: User, repo: Path, *args: str) -> Follow:
+    command = ["encom", "log", "-f", *args]
+    pipe = subprocess.PIPE
+    proc = subprocess.Popen(command, cwd=repo, env=owner.env, stdout=pipe, stderr=pipe, text=True)
+    follow = Follow(proc)
+    threading.Thread(target=follow.read, daemon=True).start()
+    return follow
+
+
+def stop_follow(follow: Follow) -> str:
+    follow.proc.terminate()
+    try:
+        _, err = follow.proc.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        follow.proc.kill()
+        _, err = follow.proc.communicate(timeout=10)
+    return err

@@ -7,15 +7,12 @@ Tests run in file order and build on each other (one app on the session's cluste
 from __future__ import annotations
 
 import re
-import subprocess
-import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Cluster, User, make_user, wait_for
+from tests.e2e.conftest import Cluster, Follow, User, make_user, start_follow, stop_follow, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -49,45 +46,8 @@ def repo(owner: User) -> Path:
     return repo
 
 
-@dataclass
-class Follow:
-    """`encom log -f` running, its stdout read line by line with the time each line arrived."""
-
-    proc: subprocess.Popen[str]
-    lines: list[tuple[float, str]] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def read(self) -> None:
-        assert self.proc.stdout is not None
-        for text in self.proc.stdout:
-            with self.lock:
-                self.lines.append((time.time(), text.rstrip("\n")))
-
-    def snapshot(self) -> list[tuple[float, str]]:
-        with self.lock:
-            return list(self.lines)
-
-    def ticks(self) -> list[tuple[float, str]]:
-        return [(t, text) for t, text in self.snapshot() if "app[ticker.1]: tick " in text]
-
-
-def start_follow(owner: User, repo: Path, *args: str) -> Follow:
-    command = ["encom", "log", "-f", *args]
-    pipe = subprocess.PIPE
-    proc = subprocess.Popen(command, cwd=repo, env=owner.env, stdout=pipe, stderr=pipe, text=True)
-    follow = Follow(proc)
-    threading.Thread(target=follow.read, daemon=True).start()
-    return follow
-
-
-def stop(follow: Follow) -> str:
-    follow.proc.terminate()
-    try:
-        _, err = follow.proc.communicate(timeout=10)
-    except subprocess.TimeoutExpired:
-        follow.proc.kill()
-        _, err = follow.proc.communicate(timeout=10)
-    return err
+def ticker_lines(follow: Follow) -> list[tuple[float, str]]:
+    return [(t, text) for t, text in follow.snapshot() if "app[ticker.1]: tick " in text]
 
 
 def test_follow_shows_a_new_jobs_lines_within_a_second(owner: User, repo: Path) -> None:
@@ -96,13 +56,13 @@ def test_follow_shows_a_new_jobs_lines_within_a_second(owner: User, repo: Path) 
         wait_for("the history (the web job's lines)", lambda: len(follow.snapshot()) >= 1, timeout=15)
         time.sleep(0.5)  # history printed; the follow is live
         owner.encom("scale", "ticker=1", cwd=repo)
-        wait_for("five ticks through encom log -f", lambda: len(follow.ticks()) >= 5, timeout=20)
+        wait_for("five ticks through encom log -f", lambda: len(ticker_lines(follow)) >= 5, timeout=20)
         lines = follow.snapshot()
         assert follow.proc.poll() is None, "encom log -f ended by itself"
     finally:
-        err = stop(follow)
+        err = stop_follow(follow)
     assert all(LINE.match(text) for _, text in lines), lines
-    ticks = follow.ticks()
+    ticks = ticker_lines(follow)
     assert [text.split("tick ")[1].split()[0] for _, text in ticks] == ["1", "2", "3", "4", "5"], ticks
     latencies = [arrived - float(text.split()[-1]) for arrived, text in ticks]
     print(f"encom log -f: echo-to-terminal latency {min(latencies):.3f}-{max(latencies):.3f} s")
@@ -130,6 +90,25 @@ def test_one_job_raw_and_split_stderr(owner: User, repo: Path) -> None:
     split = owner.encom("log", "-j", job, "-s", "--raw", cwd=repo)
     assert "tock 3" in split.err.splitlines() and "tock 3" not in split.out, split
     assert "tick 3" in split.out and "tick 3" not in split.err, split
+
+
+def detached_job(owner: User, repo: Path, script: str) -> str:
+    out = owner.encom("run", "-d", "sh", "-c", script, cwd=repo).out
+    match = re.search(r"as job (\S+);", out)
+    assert match, out
+    return match.group(1)
+
+
+def test_long_lines_are_split_and_binary_output_breaks_nothing(owner: User, repo: Path) -> None:
+    script = "head -c 10050 /dev/zero | tr '\\0' a; echo; printf 'bin \\377\\376 end\\n'; printf 'no newline'"
+    job = detached_job(owner, repo, script)
+    wait_for("the job's last line", lambda: "no newline" in owner.encom("log", "-j", job, "--raw", cwd=repo).out, 20)
+    raw = owner.encom("log", "-j", job, "--raw", cwd=repo).out.splitlines()
+    long = [m for m in raw if m.startswith("a")]
+    assert [len(m) for m in long] == [10_000, 50] and set("".join(long)) == {"a"}, [len(m) for m in raw]
+    assert "bin \ufffd\ufffd end" in raw, raw
+    assert "no newline" in raw  # the rest is flushed when the job ends
+    assert "Traceback" not in owner.encom("log", "-n", "50", cwd=repo).err  # the app's log still reads
 
 
 def test_bad_input_is_refused_clearly(owner: User, repo: Path) -> None:

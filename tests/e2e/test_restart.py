@@ -14,11 +14,23 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Cluster, User, curl, make_user, running_cluster, start_cluster, wait_for
+from tests.e2e.conftest import (
+    Cluster,
+    Follow,
+    User,
+    curl,
+    make_user,
+    running_cluster,
+    start_cluster,
+    start_follow,
+    stop_follow,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -229,6 +241,61 @@ def test_app_still_deploys_after_restarts(user: User, repo: Path, cluster: Clust
 
     wait_for("the new release to serve", all_see_it, timeout=60)
     wait_for("three web jobs up", lambda: len(up_jobs(user, repo)) == 3, timeout=30)
+
+
+def restart_encomd(cluster: Cluster) -> None:
+    """Stop encomd leaving its jobs running (as an upgrade does), then start it again."""
+    pid = encomd_pid(cluster)
+    os.kill(pid, signal.SIGUSR1)
+    wait_for("encomd to exit after SIGUSR1", lambda: not alive(pid), timeout=45)
+    start_cluster(cluster.state_dir, PORT_BASE)
+
+
+def detached_job(user: User, repo: Path, script: str) -> str:
+    out = user.encom("run", "-d", "sh", "-c", script, cwd=repo).out
+    match = re.search(r"as job (\S+);", out)
+    assert match, out
+    return match.group(1)
+
+
+TICKS = 30
+TICK = re.compile(r"^(\S+) app\[run\.\d+\]: tick-(\d+)$")
+
+
+def tick_arrivals(follow: Follow) -> list[tuple[int, float]]:
+    """(tick number, seconds from its being written to its showing) of each tick line shown."""
+    found = []
+    for arrived, text in follow.snapshot():
+        match = TICK.match(text)
+        if match:
+            written = datetime.fromisoformat(match.group(1).replace("Z", "+00:00")).timestamp()
+            found.append((int(match.group(2)), arrived - written))
+    return found
+
+
+def test_log_follow_loses_no_line_across_a_redeploy_and_a_restart(user: User, repo: Path, cluster: Cluster) -> None:
+    many = detached_job(user, repo, "seq 1 12000")  # more than an app keeps: the oldest rotate out
+    follow = start_follow(user, repo, "-n", "1")
+    try:
+        wait_for("the follow to start", lambda: len(follow.snapshot()) >= 1, timeout=15)
+        detached_job(user, repo, f"for i in $(seq 1 {TICKS}); do echo tick-$i; sleep 1; done")
+        wait_for("five ticks", lambda: len(tick_arrivals(follow)) >= 5, timeout=20)
+        user.encom("env", "set", "LOG_FOLLOW=redeployed", cwd=repo)
+        restart_encomd(cluster)
+        wait_for(f"tick {TICKS}", lambda: any(n == TICKS for n, _ in tick_arrivals(follow)), timeout=TICKS + 30)
+        assert follow.proc.poll() is None, "encom log -f ended by itself"
+    finally:
+        err = stop_follow(follow)
+    ticks = tick_arrivals(follow)
+    assert [n for n, _ in ticks] == list(range(1, TICKS + 1)), (ticks, err)
+    live = ticks[:5] + ticks[-3:]  # while nothing was restarting
+    print(f"log -f latency while live: {max(d for _, d in live):.3f} s; stderr: {err.strip()}")
+    assert all(delay < 1.0 for _, delay in live), live
+
+    kept = user.encom("log", "-j", many, "-n", "10000", "--raw", cwd=repo).out.splitlines()
+    numbers = [int(m) for m in kept if m.isdigit()]
+    assert len(kept) == 10_000 and numbers[-1] == 12_000, kept[-5:]
+    assert numbers == list(range(numbers[0], 12_001)) and len(numbers) >= 9_990, numbers[:3]
 
 
 def test_simulated_reboot_brings_back_formation_and_routes(user: User, repo: Path, cluster: Cluster) -> None:

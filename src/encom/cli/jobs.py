@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 import click
 
+from encom.api.errors import ApiError
 from encom.api.types import Job, LogLine
 from encom.cli.context import app_options, call, current_target
 from encom.cli.output import age, print_table
@@ -82,9 +86,46 @@ def log(lines: int, follow: bool, process_type: str | None, job_id: str | None, 
         click.echo(line.msg if raw else line.format(), err=split_stderr and line.stream == "stderr")
 
     async def stream(client: ControllerClient) -> None:
-        async for line in client.app_log_stream(target.app, lines, process_type, job_id, follow):
-            if line is not None:
-                show(line)
+        if not follow:
+            async for line in client.app_log_stream(target.app, lines, process_type, job_id):
+                if line is not None:
+                    show(line)
+            return
+        await follow_log(client, target.app, lines, process_type, job_id, show)
 
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends a follow; nothing to report
         call(target.cluster, stream)
+
+
+RECONNECT = (0.5, 1.0, 2.0)  # seconds before each new try (the last repeats)
+
+
+async def follow_log(
+    client: ControllerClient,
+    app: str,
+    lines: int,
+    process_type: str | None,
+    job_id: str | None,
+    show: Callable[[LogLine], None],
+) -> None:
+    """Follow until Ctrl-C. A lost stream (the controller restarting, a dead connection) is resumed after the
+    last line shown, so no line is lost or shown twice; errors that are the request's (404, 400) end it."""
+    last: datetime | None = None
+    attempt = 0
+    while True:
+        try:
+            source = client.app_log_stream(
+                app, MAX_LOG_LINES if last else lines, process_type, job_id, follow=True, since=last
+            )
+            async for line in source:
+                attempt = 0
+                if line is not None:
+                    show(line)
+                    last = line.timestamp
+        except ApiError as exc:
+            if exc.status < 500:
+                raise
+            if attempt == 0:
+                click.echo(f"(log stream lost: {exc.message}; reconnecting)", err=True)
+        await asyncio.sleep(RECONNECT[min(attempt, len(RECONNECT) - 1)])
+        attempt += 1
