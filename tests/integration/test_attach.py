@@ -22,18 +22,13 @@ from encom.api.client import ca_context
 from encom.api.errors import ApiError
 from encom.api.settings import Ports, Settings
 from encom.api.types import ReleaseCreate
-from encom.blobstore import service as blobstore_service
-from encom.blobstore.client import BlobstoreClient
-from encom.bootstrap.daemon import become_subreaper
 from encom.bootstrap.tls import ensure_tls
 from encom.controller.client import ControllerClient
-from encom.discoverd import service as discoverd_service
-from encom.discoverd.client import DiscoverdClient
 from encom.host.client import HostClient
 from tests.integration import roles
 from tests.integration.conftest import running_controller
-from tests.integration.roles import free_ports, start_role
-from tests.integration.test_host import Cluster, spec
+from tests.integration.roles import free_ports
+from tests.integration.test_host import Cluster, host_cluster, spec
 
 pytestmark = [
     pytest.mark.integration,
@@ -60,33 +55,8 @@ def pick_ports() -> Ports:
 
 @pytest.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    become_subreaper()
-    settings = Settings(data_dir=tmp_path, ports=pick_ports())
-    started = [
-        await start_role(discoverd_service.run, settings, "discoverd", WAIT),
-        await start_role(blobstore_service.run, settings, "blobstore", WAIT),
-    ]
-    c = Cluster(
-        settings,
-        HostClient(settings.host_url, settings.internal_secret),
-        DiscoverdClient(settings.discoverd_url, settings.internal_secret),
-        BlobstoreClient(settings.blobstore_url, settings.internal_secret),
-    )
-    await c.start_host()
-    try:
+    async with host_cluster(Settings(data_dir=tmp_path, ports=pick_ports())) as c:
         yield c
-    finally:
-        if c.host_task is not None:
-            await c.stop_host()
-        leftover = c.containers()
-        for container in leftover:
-            c.delete_container(container["id"])
-        for role in reversed(started):
-            role.task.cancel()
-        await asyncio.gather(*(role.task for role in started), return_exceptions=True)
-        for client in (c.host, c.discoverd, c.blobstore):
-            await client.aclose()
-        assert not leftover, f"the host left containers running: {leftover}"
 
 
 @dataclass
@@ -248,7 +218,9 @@ async def test_an_adopted_job_gives_output_and_exit_but_no_stdin(cluster: Cluste
     await cluster.stop_host(detach=True)
     await cluster.start_host()
     async with cluster.host.attach(job.id) as conn:
-        seen = await read_until(conn, Seen(), lambda s: s.stdout == b"started\n" and s.errors, "output and an error")
+        seen = await read_until(
+            conn, Seen(), lambda s: s.stdout == b"started\n" and bool(s.errors), "output and an error"
+        )
         assert seen.errors == [f"the stdin and terminal of job {job.id} cannot be reattached after an encomd restart"]
         await cluster.host.stop_job(job.id)
         await read_until(conn, seen, ended, "the exit after the stop")
