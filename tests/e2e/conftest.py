@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -69,13 +70,30 @@ class User:
     def encom(self, *args: str, cwd: Path | None = None, input: str | None = None) -> Result:
         return self.ok("encom", *args, cwd=cwd, input=input)
 
+    def run_detached(self, script: str, cwd: Path) -> str:
+        """`encom run -d sh -c SCRIPT`: the job's id, as the CLI prints it."""
+        out = self.encom("run", "-d", "sh", "-c", script, cwd=cwd).out
+        match = re.search(r"as job (\S+);", out)
+        assert match, out
+        return match.group(1)
+
     def app_repo(self, example: str, name: str) -> Path:
         """A copy of an example app as a git repo with one commit."""
         repo = self.home / name
         shutil.copytree(REPO / "examples" / example, repo)
+        return self._commit_all(repo, "initial")
+
+    def procfile_repo(self, name: str, procfile: str, message: str) -> Path:
+        """A git repo with one commit holding only this Procfile (the Procfile-only buildpack builds it)."""
+        repo = self.home / name
+        repo.mkdir()
+        (repo / "Procfile").write_text(procfile)
+        return self._commit_all(repo, message)
+
+    def _commit_all(self, repo: Path, message: str) -> Path:
         self.ok("git", "init", "-q", "-b", "master", cwd=repo)
         self.ok("git", "add", ".", cwd=repo)
-        self.ok("git", "commit", "-q", "-m", "initial", cwd=repo)
+        self.ok("git", "commit", "-q", "-m", message, cwd=repo)
         return repo
 
 
@@ -104,6 +122,14 @@ class Cluster:
     add_line: str
     router_port: int
     log: Path
+
+
+def cluster_user(cluster: Cluster, home: Path) -> User:
+    """A user with this cluster added and their SSH key uploaded."""
+    user = make_user(home)
+    user.encom(*cluster.add_line.split()[1:])
+    user.encom("key", "add")
+    return user
 
 
 def start_cluster(state: Path, port_base: int) -> Cluster:

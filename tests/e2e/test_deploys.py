@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Cluster, SteadyLoad, User, assert_no_failures, curl, make_user, steady_load_on
+from tests.e2e.conftest import Cluster, SteadyLoad, User, assert_no_failures, cluster_user, curl, steady_load_on
 
 pytestmark = pytest.mark.e2e
 
@@ -66,10 +66,7 @@ def release_id(user: User, repo: Path, ref: str | None = None) -> str:
 
 @pytest.fixture(scope="module")
 def deployer(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> User:
-    user = make_user(tmp_path_factory.mktemp("deploys-home"))
-    user.encom(*cluster.add_line.split()[1:])
-    user.encom("key", "add")
-    return user
+    return cluster_user(cluster, tmp_path_factory.mktemp("deploys-home"))
 
 
 @pytest.fixture(scope="module")

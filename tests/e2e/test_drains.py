@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Cluster, User, curl, make_user, wait_for
+from tests.e2e.conftest import Cluster, User, cluster_user, curl, wait_for
 from tests.integration.roles import free_port
 
 pytestmark = pytest.mark.e2e
@@ -40,20 +40,12 @@ Entry = tuple[str, str, str, str]  # time, source, dyno, message
 
 @pytest.fixture(scope="module")
 def owner(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> User:
-    user = make_user(tmp_path_factory.mktemp("drains-home"))
-    user.encom(*cluster.add_line.split()[1:])
-    user.encom("key", "add")
-    return user
+    return cluster_user(cluster, tmp_path_factory.mktemp("drains-home"))
 
 
 @pytest.fixture(scope="module")
 def repo(owner: User, cluster: Cluster) -> Path:
-    repo = owner.home / APP
-    repo.mkdir()
-    (repo / "Procfile").write_text(PROCFILE)
-    owner.ok("git", "init", "-q", "-b", "master", cwd=repo)
-    owner.ok("git", "add", ".", cwd=repo)
-    owner.ok("git", "commit", "-q", "-m", "a web", cwd=repo)
+    repo = owner.procfile_repo(APP, PROCFILE, "a web")
     owner.encom("create", APP, cwd=repo)
     owner.ok("git", "push", "encom", "master", cwd=repo, timeout=300)
     wait_for("the app to answer", lambda: curl(cluster.router_port, HOST)[0] == 200, timeout=30)

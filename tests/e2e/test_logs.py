@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Cluster, Follow, User, make_user, start_follow, stop_follow, wait_for
+from tests.e2e.conftest import Cluster, Follow, User, cluster_user, start_follow, stop_follow, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -27,20 +27,12 @@ LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z (app|router|encom)\[
 
 @pytest.fixture(scope="module")
 def owner(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> User:
-    user = make_user(tmp_path_factory.mktemp("logs-home"))
-    user.encom(*cluster.add_line.split()[1:])
-    user.encom("key", "add")
-    return user
+    return cluster_user(cluster, tmp_path_factory.mktemp("logs-home"))
 
 
 @pytest.fixture(scope="module")
 def repo(owner: User) -> Path:
-    repo = owner.home / APP
-    repo.mkdir()
-    (repo / "Procfile").write_text(PROCFILE)
-    owner.ok("git", "init", "-q", "-b", "master", cwd=repo)
-    owner.ok("git", "add", ".", cwd=repo)
-    owner.ok("git", "commit", "-q", "-m", "a web and a ticker", cwd=repo)
+    repo = owner.procfile_repo(APP, PROCFILE, "a web and a ticker")
     owner.encom("create", APP, cwd=repo)
     owner.ok("git", "push", "encom", "master", cwd=repo, timeout=300)
     return repo
@@ -92,16 +84,9 @@ def test_one_job_raw_and_split_stderr(owner: User, repo: Path) -> None:
     assert "tick 3" in split.out and "tick 3" not in split.err, split
 
 
-def detached_job(owner: User, repo: Path, script: str) -> str:
-    out = owner.encom("run", "-d", "sh", "-c", script, cwd=repo).out
-    match = re.search(r"as job (\S+);", out)
-    assert match, out
-    return match.group(1)
-
-
 def test_long_lines_are_split_and_binary_output_breaks_nothing(owner: User, repo: Path) -> None:
     script = "head -c 10050 /dev/zero | tr '\\0' a; echo; printf 'bin \\377\\376 end\\n'; printf 'no newline'"
-    job = detached_job(owner, repo, script)
+    job = owner.run_detached(cwd=repo, script=script)
     wait_for("the job's last line", lambda: "no newline" in owner.encom("log", "-j", job, "--raw", cwd=repo).out, 20)
     raw = owner.encom("log", "-j", job, "--raw", cwd=repo).out.splitlines()
     long = [m for m in raw if m.startswith("a")]

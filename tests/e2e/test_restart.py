@@ -23,8 +23,8 @@ from tests.e2e.conftest import (
     Cluster,
     Follow,
     User,
+    cluster_user,
     curl,
-    make_user,
     running_cluster,
     start_cluster,
     start_follow,
@@ -107,10 +107,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 @pytest.fixture(scope="module")
 def user(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> User:
-    u = make_user(tmp_path_factory.mktemp("restart-home"))
-    u.encom(*cluster.add_line.split()[1:])
-    u.encom("key", "add")
-    return u
+    return cluster_user(cluster, tmp_path_factory.mktemp("restart-home"))
 
 
 @pytest.fixture(scope="module")
@@ -251,13 +248,6 @@ def restart_encomd(cluster: Cluster) -> None:
     start_cluster(cluster.state_dir, PORT_BASE)
 
 
-def detached_job(user: User, repo: Path, script: str) -> str:
-    out = user.encom("run", "-d", "sh", "-c", script, cwd=repo).out
-    match = re.search(r"as job (\S+);", out)
-    assert match, out
-    return match.group(1)
-
-
 TICKS = 30
 TICK = re.compile(r"^(\S+) app\[run\.\d+\]: tick-(\d+)$")
 
@@ -274,11 +264,11 @@ def tick_arrivals(follow: Follow) -> list[tuple[int, float]]:
 
 
 def test_log_follow_loses_no_line_across_a_redeploy_and_a_restart(user: User, repo: Path, cluster: Cluster) -> None:
-    many = detached_job(user, repo, "seq 1 12000")  # more than an app keeps: the oldest rotate out
+    many = user.run_detached(cwd=repo, script="seq 1 12000")  # more than an app keeps: the oldest rotate out
     follow = start_follow(user, repo, "-n", "1")
     try:
         wait_for("the follow to start", lambda: len(follow.snapshot()) >= 1, timeout=15)
-        detached_job(user, repo, f"for i in $(seq 1 {TICKS}); do echo tick-$i; sleep 1; done")
+        user.run_detached(cwd=repo, script=f"for i in $(seq 1 {TICKS}); do echo tick-$i; sleep 1; done")
         wait_for("five ticks", lambda: len(tick_arrivals(follow)) >= 5, timeout=20)
         user.encom("env", "set", "LOG_FOLLOW=redeployed", cwd=repo)
         restart_encomd(cluster)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Cluster, User, assert_no_failures, curl, make_user, steady_load_on, wait_for
+from tests.e2e.conftest import Cluster, User, assert_no_failures, cluster_user, curl, steady_load_on, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -19,10 +19,7 @@ CHANGES = 20
 
 @pytest.fixture(scope="module")
 def owner(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> User:
-    user = make_user(tmp_path_factory.mktemp("steady-home"))
-    user.encom(*cluster.add_line.split()[1:])
-    user.encom("key", "add")
-    return user
+    return cluster_user(cluster, tmp_path_factory.mktemp("steady-home"))
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Cluster, User, make_user, wait_for
+from tests.e2e.conftest import Cluster, User, cluster_user, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -26,10 +26,7 @@ APP = "runner"
 
 @pytest.fixture(scope="module")
 def owner(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> User:
-    user = make_user(tmp_path_factory.mktemp("runner-home"))
-    user.encom(*cluster.add_line.split()[1:])
-    user.encom("key", "add")
-    return user
+    return cluster_user(cluster, tmp_path_factory.mktemp("runner-home"))
 
 
 @pytest.fixture(scope="module")
@@ -55,12 +52,10 @@ def test_run_prints_the_output_and_exits_with_the_status(owner: User, repo: Path
 
 
 def test_run_detached_goes_to_the_log(owner: User, repo: Path) -> None:
-    out = owner.encom("run", "-d", "sh", "-c", "echo detached-output", cwd=repo).out
-    job = re.search(r"as job (\S+);", out)
-    assert job, out
+    job = owner.run_detached("echo detached-output", cwd=repo)
     wait_for("the detached job's output in the log", lambda: "detached-output" in owner.encom("log", cwd=repo).out)
     wait_for("the one-off job to end", lambda: "down" in owner.encom("ps", "--all", cwd=repo).out)
-    listed = [line for line in owner.encom("ps", "--all", cwd=repo).out.splitlines() if job.group(1) in line]
+    listed = [line for line in owner.encom("ps", "--all", cwd=repo).out.splitlines() if job in line]
     assert listed and " run " in listed[0] and "down" in listed[0], listed
 
 
