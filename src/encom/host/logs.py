@@ -398,8 +398,12 @@ class Tailer:
         os.truncate(self.raw_path(stream), 0)
         self.offsets[stream] = 0
         self.splitters[stream] = LineSplitter()
-        msg = f"{behind} bytes of {stream} skipped: the job writes faster than its log can keep them"
-        self.log.append([self.template.model_copy(update={"timestamp": utcnow(), "source": "encom", "msg": msg})])
+        self.note(f"{behind} bytes of {stream} skipped: the job writes faster than its log can keep them")
+
+    def note(self, msg: str) -> None:
+        """An `encom[web.1]: ...` line in the job's log (what encom says about the job)."""
+        update = {"timestamp": utcnow(), "source": "encom", "stream": "stdout", "msg": msg}
+        self.log.append([self.template.model_copy(update=update)])
 
     def poll(self, final: bool = False) -> bool:
         """Read what is new, at most POLL_READS chunks a stream so a fast writer cannot hold the event loop (all of

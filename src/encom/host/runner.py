@@ -152,12 +152,8 @@ class JobRunner:
 
     def note(self, msg: str) -> None:
         """An `encom[web.1]: ...` line in the job's log. Not for builds: their log is the push output."""
-        if self.job.spec.builder:
-            return
-        line = self.tailer.template.model_copy(
-            update={"timestamp": utcnow(), "source": "encom", "stream": "stdout", "msg": msg}
-        )
-        self.log.append([line])
+        if not self.job.spec.builder:
+            self.tailer.note(msg)
 
     # ------------------------------------------------------------------ life
 
