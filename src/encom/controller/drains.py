@@ -50,7 +50,7 @@ HTTP_LINGER = 1.0  # seconds an HTTP batch waits to fill before it is sent
 BACKOFF = (0.5, 10.0)  # reconnect delay: first, doubling up to the last
 CONNECT_TIMEOUT = 5.0
 WRITE_TIMEOUT = 5.0  # a receiver that takes longer to take a batch counts as down
-RESCAN = 1.0  # seconds between reads of the drains table without a wake-up (another controller may write it)
+RESCAN = 1.0  # seconds between reads of the drains table (any controller of the cluster may change it)
 SAVE_EVERY = 2.0  # seconds between cursor saves
 FOLLOW_RETRY = 1.0  # seconds before a broken log follow is started again
 FACILITY_USER = 1
@@ -465,8 +465,8 @@ class _Running:
 
 
 class Drainer:
-    """Keeps one Shipper per drain of the table: drains added or removed take effect at the next commit that
-    records events (the API's `drain` events) or within RESCAN seconds."""
+    """Keeps one Shipper per drain of the table: drains added or removed take effect within RESCAN seconds (a new
+    drain loses nothing meanwhile: it ships from its creation time)."""
 
     def __init__(self, settings: Settings, db: Database, hub: EventHub) -> None:
         self.settings = settings
@@ -478,15 +478,12 @@ class Drainer:
         loop = asyncio.get_running_loop()
         saved_at = loop.time()
         try:
-            with self.hub.waiter() as waiter:
-                while not self.hub.closed:
-                    waiter.clear()
-                    await self._reconcile()
-                    if loop.time() - saved_at >= SAVE_EVERY:
-                        await self._save()
-                        saved_at = loop.time()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(waiter.wait(), RESCAN)
+            while not self.hub.closed:
+                await self._reconcile()
+                if loop.time() - saved_at >= SAVE_EVERY:
+                    await self._save()
+                    saved_at = loop.time()
+                await asyncio.sleep(RESCAN)
         finally:
             with contextlib.suppress(Exception):
                 await self._save()  # before the shippers go: their cursors go with them
