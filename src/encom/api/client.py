@@ -17,13 +17,12 @@ from websockets.asyncio.client import ClientConnection
 
 from encom.api import wsclient
 from encom.api.auth import bearer
-from encom.api.errors import ApiError
+from encom.api.errors import ApiError, error_from_body
 from encom.api.sse import SSEMessage, parse_sse
+from encom.api.wsclient import Verify
 
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
-
-Verify = ssl.SSLContext | bool
 
 
 def ca_context(ca_file: Path) -> ssl.SSLContext:
@@ -45,12 +44,7 @@ def cert_pin(der: bytes) -> str:
 
 
 def error_from_response(response: httpx.Response) -> ApiError:
-    try:
-        body = response.json()
-        return ApiError(str(body["code"]), str(body["message"]), response.status_code)
-    except (ValueError, KeyError, TypeError):
-        text = response.text.strip() or response.reason_phrase
-        return ApiError("http_error", f"HTTP {response.status_code}: {text}", response.status_code)
+    return error_from_body(response.status_code, response.content, response.reason_phrase)
 
 
 class ApiClient:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -34,6 +35,16 @@ class ApiError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+
+def error_from_body(status: int, body: bytes | bytearray, reason: str) -> ApiError:
+    """The ApiError an error response carries: its JSON code and message, else its status and text."""
+    try:
+        data = json.loads(body)
+        return ApiError(str(data["code"]), str(data["message"]), status)
+    except (ValueError, KeyError, TypeError):
+        text = body.decode(errors="replace").strip() or reason
+        return ApiError("http_error", f"HTTP {status}: {text}", status)
 
 
 class ValidationError(ApiError):

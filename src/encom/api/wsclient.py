@@ -3,7 +3,6 @@ handshake raised as the ApiError its HTTP response carries."""
 
 from __future__ import annotations
 
-import json
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,7 +11,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
 
 from encom.api.auth import bearer
-from encom.api.errors import ApiError
+from encom.api.errors import ApiError, error_from_body
 
 Verify = ssl.SSLContext | bool
 MAX_MESSAGE = 1 << 20
@@ -41,11 +40,7 @@ def _ssl(url: str, verify: Verify) -> ssl.SSLContext | None:
 
 def _refused(exc: InvalidStatus) -> ApiError:
     response = exc.response
-    try:
-        body = json.loads(response.body or b"")
-        return ApiError(str(body["code"]), str(body["message"]), response.status_code)
-    except (ValueError, KeyError, TypeError):
-        return ApiError("http_error", f"HTTP {response.status_code}: {response.reason_phrase}", response.status_code)
+    return error_from_body(response.status_code, response.body or b"", response.reason_phrase)
 
 
 @asynccontextmanager

@@ -89,7 +89,7 @@ from urllib.parse import quote
 from websockets.asyncio.client import ClientConnection
 
 from encom.api import ndjson
-from encom.api.client import ApiClient, Verify
+from encom.api.client import ApiClient
 from encom.api.errors import ApiError
 from encom.api.types import (
     App,
@@ -117,6 +117,7 @@ from encom.api.types import (
     RouteCreate,
     RouteUpdate,
 )
+from encom.api.wsclient import Verify
 
 FOLLOW_IDLE_TIMEOUT = 30.0
 
