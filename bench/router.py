@@ -45,7 +45,14 @@ from pathlib import Path
 
 from bench.net import wait_listening
 from encom.api.types import Route, RouterLogEntry
-from encom.router.access import ACCESS_LOG_FORMAT, FLUSH_SECONDS, MAX_PENDING, AccessLog
+from encom.router.access import (
+    ACCESS_LINE_MAX,
+    ACCESS_LOG_FORMAT,
+    FLUSH_SECONDS,
+    MAX_PENDING,
+    AccessLog,
+    open_fifo_for_haproxy,
+)
 from encom.router.config import Options, max_connections
 from encom.router.haproxy import HAPROXY_BIN
 from encom.router.router import Router
@@ -124,6 +131,7 @@ class StaticHAProxy:
     config: str
     directory: Path
     port: int
+    access_log: bool = False  # stdout to the FIFO `access_path`, as encom's router has it
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -132,18 +140,22 @@ class StaticHAProxy:
 
     @property
     def access_path(self) -> Path:
-        return self.directory / f"{self.name}-access.sock"
+        return self.directory / f"{self.name}-access.fifo"
 
     async def start(self) -> None:
         cfg = self.directory / f"{self.name}.cfg"
-        text = self.config.replace("@SOCKET@", str(self.socket_path)).replace("@ACCESS@", str(self.access_path))
-        cfg.write_text(text)
+        cfg.write_text(self.config.replace("@SOCKET@", str(self.socket_path)))
         log = (self.directory / f"{self.name}.log").open("wb")
-        with log:
+        stdout = open_fifo_for_haproxy(self.access_path) if self.access_log else log.fileno()
+        try:
             self.proc = subprocess.Popen(  # noqa: ASYNC220 (fork+exec only)
                 [HAPROXY_BIN, "-db", "-f", str(cfg)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                stdin=subprocess.DEVNULL, stdout=stdout, stderr=log, start_new_session=True,
             )  # fmt: skip
+        finally:
+            log.close()
+            if self.access_log:
+                os.close(stdout)
         try:
             await wait_listening(self.port, limit=10.0, poll=0.02)
         except BenchError:
@@ -196,12 +208,12 @@ backend app
 def same_job_config(port: int, backends: Sequence[int]) -> str:
     """By hand, what encom's router does for one app: route by Host (404 otherwise), the same request headers
     (X-Forwarded-*, X-Request-Id, X-Request-Start), the same retries (L4 and `retry-on`) and an access line per
-    request to a local socket (read by the same reader as encom's)."""
+    request to HAProxy's stdout, a FIFO read by the same reader as encom's)."""
     servers = "".join(f"    server s{i} 127.0.0.1:{p}\n" for i, p in enumerate(backends, 1))
     return f"""\
 global
     stats socket @SOCKET@ mode 600
-    log @ACCESS@ len 8192 format raw local0 info
+    log stdout len {ACCESS_LINE_MAX} format raw local0 info
 defaults
     mode http
 {TIMEOUTS}    retries 3
@@ -223,7 +235,7 @@ backend not_found
     http-request return status 404 content-type text/plain string "No such app"
 backend app
     balance random
-    retry-on conn-failure empty-response
+    retry-on conn-failure
 {servers}"""
 
 
@@ -264,7 +276,7 @@ async def running_router(directory: Path, backends: Sequence[str], delivered: Co
     HTTP route (HOST → SERVICE → the backends); closed at the end."""
     (directory / "router").mkdir()
     options = Options(dir=directory / "router", http_port=ROUTER_PORT, access_log=True)
-    async with access_reader(options.access_socket, "encom", delivered):
+    async with access_reader(options.access_pipe, "encom", delivered):
         router = Router(options)
         await router.start()
         try:
@@ -578,7 +590,8 @@ async def run(args: argparse.Namespace, directory: Path, command: str) -> Result
     handwritten = StaticHAProxy(
         "handwritten", handwritten_config(HANDWRITTEN_PORT, backend_ports), directory, HANDWRITTEN_PORT
     )
-    same_job = StaticHAProxy("samejob", same_job_config(SAME_JOB_PORT, backend_ports), directory, SAME_JOB_PORT)
+    same_job_text = same_job_config(SAME_JOB_PORT, backend_ports)
+    same_job = StaticHAProxy("samejob", same_job_text, directory, SAME_JOB_PORT, access_log=True)
     with stopping([backends, handwritten, same_job]):
         await backends.start()
         for port in backend_ports[1:]:
@@ -712,9 +725,9 @@ def report(results: Results, rounds: int, duration: float) -> str:
         "Backends: one HAProxy process (1 thread) with one `http-request return … string ok` frontend per port.",
         "Hand-written minimal: one frontend, `default_backend`, no headers, no L7 retries. Hand-written same job:"
         " what encom's router does, written by hand for one app: Host routing with a 404 fallback, the same"
-        " X-Forwarded-*/X-Request-Id/X-Request-Start headers, the same retries (`retry-on conn-failure"
-        " empty-response`, which alone costs ~10 % here: it buffers every request so it can be replayed) and the"
-        " same access line per request to a local socket, read by encom's own reader as the router role does.",
+        " X-Forwarded-*/X-Request-Id/X-Request-Start headers, the same retries (`retries 3`, `option redispatch 1`,"
+        " `retry-on conn-failure`) and the same access line per request to HAProxy's stdout, a FIFO read by"
+        " encom's own reader as the router role reads it.",
         f"Access lines read during the run (the reader keeps at most {MAX_PENDING:,} per"
         f" {FLUSH_SECONDS:g} s and drops the rest): encom {results.access_lines['encom']:,},"
         f" same job {results.access_lines['samejob']:,}.",

@@ -19,7 +19,8 @@ import pytest
 
 from encom.api.procs import process_alive
 from encom.api.settings import Ports, Settings
-from encom.api.types import Route
+from encom.api.types import Route, RouterLogEntry
+from encom.router.access import AccessLog
 from encom.router.config import Options
 from encom.router.haproxy import ConfigError, HAProxyError
 from encom.router.router import Router
@@ -515,6 +516,86 @@ async def test_detach_leaves_haproxy_running_for_adoption(
         if process_alive(master):
             os.kill(master, signal.SIGKILL)
             pytest.fail("the adopted HAProxy was not stopped")
+
+
+class AccessLines:
+    """encom's access-line reader on a router's FIFO, every line kept by path."""
+
+    def __init__(self, opts: Options) -> None:
+        self.paths: list[str] = []
+
+        async def locate(server: str) -> tuple[str, str]:
+            return "job", "http://host"
+
+        async def deliver(url: str, job_id: str, entries: list[RouterLogEntry]) -> None:
+            self.paths.extend(e.msg.split('path="', 1)[1].split('"', 1)[0] for e in entries)
+
+        self.task = asyncio.create_task(AccessLog(locate, deliver).run(opts.access_pipe))
+
+    async def wait_for(self, *paths: str) -> None:
+        async def seen() -> bool:
+            return set(paths) <= set(self.paths)
+
+        await eventually(seen, f"access lines of {paths}")
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+
+
+async def test_access_lines_written_while_encomd_is_down_are_read_after_adoption(
+    tmp_path: Path, client: httpx.AsyncClient, backends: MakeBackends
+) -> None:
+    (tmp_path / "router").mkdir()
+    (a,) = await backends(1)
+    opts = options(tmp_path, access_log=True)
+    first, second = Router(opts), Router(opts)
+    lines = AccessLines(opts)
+    await within(first.start(), "haproxy to start")
+    try:
+        await first.set_routes([http_route("logged.test", "logged-web")])
+        await first.backend_up("logged-web", a.addr)
+        assert (await get(client, "logged.test", "/before")).status_code == 200
+        await lines.wait_for("/before")
+        await lines.stop()
+        await within(first.close(detach=True), "the router to let go")
+
+        assert (await get(client, "logged.test", "/while-down")).status_code == 200  # nobody reads the FIFO
+        await within(second.start(), "the router to adopt haproxy")
+        assert second.haproxy.adopted
+        lines = AccessLines(opts)
+        assert (await get(client, "logged.test", "/after")).status_code == 200
+        await lines.wait_for("/while-down", "/after")
+        assert lines.paths.count("/while-down") == 1
+    finally:
+        await lines.stop()
+        await within(second.close() if second.haproxy.pid else first.close(), "haproxy to stop")
+
+
+async def test_a_haproxy_without_the_access_fifo_is_replaced_not_adopted(
+    tmp_path: Path, client: httpx.AsyncClient, backends: MakeBackends
+) -> None:
+    """A HAProxy started without access lines (as an older encom did) would send them to its log file."""
+    (tmp_path / "router").mkdir()
+    (a,) = await backends(1)
+    first = Router(options(tmp_path))
+    await within(first.start(), "haproxy to start")
+    old = first.haproxy.pid
+    await within(first.close(detach=True), "the router to let go")
+    second = Router(options(tmp_path, access_log=True))
+    lines = AccessLines(second.options)
+    try:
+        await within(second.start(), "the router to replace haproxy")
+        assert not second.haproxy.adopted and second.haproxy.pid != old
+        assert old is not None and not process_alive(old)
+        await second.set_routes([http_route("logged.test", "logged-web")])
+        await second.backend_up("logged-web", a.addr)
+        assert (await get(client, "logged.test", "/fresh")).status_code == 200
+        await lines.wait_for("/fresh")
+    finally:
+        await lines.stop()
+        await within(second.close(), "haproxy to stop")
 
 
 def cluster_cert(tmp_path: Path) -> Path:

@@ -1,21 +1,26 @@
 """Router access lines into the logs of the jobs that served the requests.
 
-HAProxy sends one raw line per HTTP request to a unix datagram socket (`log <socket> format raw` and
-ACCESS_LOG_FORMAT in the HTTP frontends). Each line names the server (`ip:port`); the discoverd watches tell
+HAProxy writes one raw line per HTTP request to its stdout, which is a FIFO under the router dir (`log stdout
+format raw` and ACCESS_LOG_FORMAT in the HTTP frontends). Every FLUSH_SECONDS encom reads what the FIFO holds in
+a few large reads: one receive per request, as a datagram socket needs, cost a quarter of the router's
+throughput on 2 cores (bench/router.py). Each line names the server (`ip:port`); the discoverd watches tell
 which job that is and on which host, and the lines go to that host in batches (`POST
-/host/jobs/{id}/router-log`), where they join the job's log as `router[web.1]: …` lines. Lines of requests
-no job served (404, 503) and lines that cannot be delivered are dropped: access lines never hold up the
-router or the app.
+/host/jobs/{id}/router-log`), where they join the job's log as `router[web.1]: …` lines.
+
+Access lines never hold up the router or the app: HAProxy's writes do not block (a full FIFO drops lines),
+lines beyond MAX_PENDING a flush are dropped unread, and so are lines of requests no job served (404, 503) and
+lines that cannot be delivered. HAProxy holds the FIFO open read-write, so it outlives encomd's reader: after a
+restart the reader takes up the lines written meanwhile (as many as the FIFO held).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
-import socket
-import threading
+import stat
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -28,12 +33,14 @@ from encom.host.client import HostClient
 
 log = logging.getLogger(__name__)
 
-# server, method, URI, status, total time (ms), bytes to the client, request id (a capture).
-ACCESS_LOG_FORMAT = "%si:%sp %HM %{+Q}HU %ST %Ta %B %[capture.req.hdr(0)]"
+# server, method, status, total time (ms), bytes to the client, request id (a capture), URI (last: HAProxy cuts
+# a line at ACCESS_LINE_MAX, and then only the URI's end is lost).
+ACCESS_LOG_FORMAT = "%si:%sp %HM %ST %Ta %B %[capture.req.hdr(0)] %{+Q}HU"
+ACCESS_LINE_MAX = 4000  # HAProxy's `len`: a pipe write up to PIPE_BUF (4096) is atomic, so threads' lines never mix
 FLUSH_SECONDS = 0.5
-MAX_PENDING = 10_000  # lines held for delivery; beyond that new ones are dropped
-RECV_BYTES = 8192  # HAProxy's `len` for these lines
-RECV_TIMEOUT = 0.2  # how often the reading thread looks whether it should stop
+MAX_PENDING = 10_000  # lines parsed and delivered a flush; the rest are dropped unread
+READ_MAX = 8 << 20  # bytes read a flush at most (HAProxy drops what the FIFO cannot hold meanwhile)
+PIPE_BYTES = 1 << 20  # the FIFO's buffer (the default 64 KB is ~600 lines, 20 ms at full speed)
 
 
 @dataclass(frozen=True)
@@ -46,26 +53,44 @@ def parse(line: str) -> Access | None:
     """An access line as ACCESS_LOG_FORMAT writes it, as a Heroku-style router log entry; None for lines
     without a server (the request was answered by HAProxy itself) or that do not parse."""
     try:
-        server, method, rest = line.strip().split(" ", 2)
-        quoted, _, tail = rest.rpartition('" ')
-        path = quoted.removeprefix('"')
-        status, duration, size, request_id = tail.split(" ")
+        server, method, status, duration, size, request_id, quoted = line.strip().split(" ", 6)
     except ValueError:
         return None
     host, _, port = server.rpartition(":")
-    if not host or not port.isdigit() or port == "0" or host == "-":
+    if not host or not port.isdigit() or port == "0" or host == "-" or not quoted.startswith('"'):
         return None
+    path = quoted[1:].removesuffix('"')
     msg = f'method={method} path="{path}" status={status} service={duration}ms bytes={size} request_id={request_id}'
     return Access(server, RouterLogEntry(timestamp=utcnow(), msg=msg[:10_000]))
 
 
-def bind_datagram(path: Path) -> socket.socket:
+def make_fifo(path: Path) -> None:
+    """`path` as a FIFO only we can open (whatever was there before is replaced)."""
     with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(str(path))
-    os.chmod(path, 0o600)
-    return sock
+        if stat.S_ISFIFO(path.lstat().st_mode):
+            return
+        path.unlink()
+    with contextlib.suppress(FileExistsError):
+        os.mkfifo(path, 0o600)
+
+
+def open_fifo_for_haproxy(path: Path) -> int:
+    """The descriptor HAProxy gets as its stdout: read-write, so a write never fails for want of a reader,
+    and with a buffer of PIPE_BYTES. The caller closes it once HAProxy has it."""
+    make_fifo(path)
+    fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    with contextlib.suppress(OSError):  # EPERM above /proc/sys/fs/pipe-max-size unless privileged
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+    return fd
+
+
+def is_fifo_of(pid: int, fd: int, path: Path) -> bool:
+    """Whether process `pid`'s descriptor `fd` is the FIFO at `path`."""
+    try:
+        theirs, ours = os.stat(f"/proc/{pid}/fd/{fd}"), path.stat()
+    except OSError:
+        return False
+    return (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino)
 
 
 Locate = Callable[[str], Awaitable[tuple[str, str] | None]]  # server -> (job id, host URL)
@@ -73,46 +98,46 @@ Deliver = Callable[[str, str, list[RouterLogEntry]], Awaitable[None]]  # host UR
 
 
 class AccessLog:
-    """Receives HAProxy's access lines and delivers them per job every FLUSH_SECONDS.
-
-    The datagrams are read by a thread of their own, kept raw and parsed at the flush: one per request adds up
-    (at tens of thousands of requests a second an event-loop callback each halved the router's throughput in
-    bench/router.py and would starve encomd's loop); a blocking recv loop costs a fraction of that."""
+    """Reads HAProxy's access lines from the FIFO and delivers them per job every FLUSH_SECONDS."""
 
     def __init__(self, locate: Locate, deliver: Deliver) -> None:
         self.locate = locate
         self.deliver = deliver
-        self.pending: list[bytes] = []
-        self.lock = threading.Lock()
-        self.stopped = threading.Event()
+        self.partial = b""  # the start of a line whose end is not read yet
+        self.dropped = 0  # lines over MAX_PENDING, since the start
 
-    def receive(self, sock: socket.socket) -> None:
-        """The reading thread: until `stopped`, keep up to MAX_PENDING datagrams for the next flush."""
-        sock.settimeout(RECV_TIMEOUT)
-        while not self.stopped.is_set():
+    def read(self, fd: int) -> list[bytes]:
+        """The whole lines the FIFO holds (up to READ_MAX bytes of them)."""
+        chunks, size = [self.partial], 0
+        while size < READ_MAX:
             try:
-                data = sock.recv(RECV_BYTES)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            with self.lock:
-                if len(self.pending) < MAX_PENDING:
-                    self.pending.append(data)
+                data = os.read(fd, PIPE_BYTES)
+            except BlockingIOError:
+                break
+            if not data:  # no writer: HAProxy is not running
+                break
+            chunks.append(data)
+            size += len(data)
+        lines = b"".join(chunks).split(b"\n")
+        self.partial = lines.pop()
+        if len(self.partial) > ACCESS_LINE_MAX:  # not a line HAProxy wrote whole
+            self.partial = b""
+        return lines
 
-    def take(self) -> dict[str, list[RouterLogEntry]]:
+    def take(self, fd: int) -> dict[str, list[RouterLogEntry]]:
         """What came since the last flush, parsed, per server."""
-        with self.lock:
-            raw, self.pending = self.pending, []
+        lines = self.read(fd)
+        self.dropped += max(0, len(lines) - MAX_PENDING)
         batches: dict[str, list[RouterLogEntry]] = defaultdict(list)
-        for data in raw:
+        for data in lines[:MAX_PENDING]:
             found = parse(data.decode(errors="replace"))
             if found is not None:
                 batches[found.server].append(found.entry)
         return batches
 
-    async def flush(self) -> None:
-        for server, entries in self.take().items():
+    async def flush(self, fd: int) -> None:
+        dropped = self.dropped
+        for server, entries in (await asyncio.to_thread(self.take, fd)).items():
             target = await self.locate(server)
             if target is None:
                 continue
@@ -121,20 +146,19 @@ class AccessLog:
                 await self.deliver(url, job_id, entries)
             except (ApiError, OSError) as exc:
                 log.debug("router lines for job %s not delivered: %s", job_id, exc)
+        if self.dropped > dropped:
+            log.debug("%d router access lines over %d a flush dropped", self.dropped - dropped, MAX_PENDING)
 
     async def run(self, path: Path) -> None:
-        """Listen on `path` (a unix datagram socket, replaced if it exists) and deliver until cancelled."""
-        sock = bind_datagram(path)
-        reader = threading.Thread(target=self.receive, args=(sock,), name="router-access-log", daemon=True)
-        reader.start()
+        """Read the FIFO at `path` (made if missing) and deliver until cancelled."""
+        make_fifo(path)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         try:
             while True:
                 await asyncio.sleep(FLUSH_SECONDS)
-                await self.flush()
+                await self.flush(fd)
         finally:
-            self.stopped.set()
-            await asyncio.to_thread(reader.join, RECV_TIMEOUT * 4)
-            sock.close()
+            os.close(fd)
 
 
 class JobDirectory:

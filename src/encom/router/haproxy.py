@@ -1,5 +1,6 @@
 """The HAProxy process: master-worker mode (`-W -S <master socket>`), reloads by SIGUSR2 to the master, state on
-disk under the router dir (haproxy.cfg, *.map, haproxy.pid, sockets, haproxy.log).
+disk under the router dir (haproxy.cfg, *.map, haproxy.pid, sockets, haproxy.log for its messages and access.fifo
+as its stdout for the access lines: see access.py).
 
 The master runs in its own session and is not tied to our lifetime, so it can be left running (`detach`) and
 adopted by the next router through its pid file. Its exit is noticed through a pidfd, for a child and an
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from encom.api.procs import process_alive
+from encom.router.access import is_fifo_of, open_fifo_for_haproxy
 from encom.router.config import Options, render_cert_check
 from encom.router.runtime import RuntimeAPI, RuntimeAPIError
 
@@ -26,6 +28,7 @@ HAPROXY_BIN = "/usr/sbin/haproxy"
 START_TIMEOUT = 10.0
 RELOAD_TIMEOUT = 15.0
 STOP_TIMEOUT = 5.0
+STDOUT_FD = 1
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +155,12 @@ class HAProxy:
             await self.runtime.pid()
         except (RuntimeAPIError, KeyError, ValueError):
             return False
+        if self.options.access_log and not is_fifo_of(pid, STDOUT_FD, self.options.access_pipe):
+            log.warning("haproxy %d does not write access lines to %s (an older encom started it): restarting it",
+                        pid, self.options.access_pipe)  # fmt: skip
+            self.pid = pid
+            await self.stop()
+            return False
         self.pid, self.adopted, self._proc = pid, True, None
         log.info("adopted haproxy master %d", pid)
         return True
@@ -170,6 +179,7 @@ class HAProxy:
             candidate.replace(self.options.config_path)
         self.options.pid_path.unlink(missing_ok=True)
         logfile = os.open(self.options.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        stdout = open_fifo_for_haproxy(self.options.access_pipe) if self.options.access_log else logfile
         try:
             # Popen, not asyncio's subprocess: its transport kills the child when closed, and we may detach.
             self._proc = subprocess.Popen(  # noqa: ASYNC220 (fork+exec only, it does not wait)
@@ -179,11 +189,13 @@ class HAProxy:
                     "-f", str(self.options.config_path),
                     "-p", str(self.options.pid_path),
                 ],
-                stdin=subprocess.DEVNULL, stdout=logfile, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, stdout=stdout, stderr=logfile,
                 start_new_session=True, close_fds=True,
             )  # fmt: skip
         finally:
             os.close(logfile)
+            if stdout != logfile:
+                os.close(stdout)
         self.pid, self.adopted = self._proc.pid, False
         try:
             await self._wait_ready()

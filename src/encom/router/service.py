@@ -204,7 +204,7 @@ async def run(ctx: RoleContext) -> None:
     options = router_options(settings)
     async with DiscoverdClient(settings.discoverd_url, settings.internal_secret) as discoverd:
         directory = JobDirectory(discoverd, settings.internal_secret)
-        access = asyncio.create_task(AccessLog(directory.locate, directory.deliver).run(options.access_socket))
+        access = asyncio.create_task(AccessLog(directory.locate, directory.deliver).run(options.access_pipe))
         try:
             await serve(ctx, Router(options), discoverd, directory)
         finally:
