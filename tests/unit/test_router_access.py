@@ -54,6 +54,7 @@ def test_the_fifo_holds_a_megabyte_and_never_blocks_its_writer(tmp_path: Path) -
 
 async def test_lines_are_read_whole_and_delivered_per_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(access, "MAX_PENDING", 5)
+    monkeypatch.setattr(access, "READ_SECONDS", 0.02)
     monkeypatch.setattr(access, "FLUSH_SECONDS", 0.05)
     delivered: dict[str, list[str]] = {}
     got = asyncio.Event()

@@ -112,7 +112,9 @@ def test_rendered_config(tmp_path: Path) -> None:
     assert "option forwardfor" in text
     assert "balance random" in text
     assert "retries 3" in text and "option redispatch 1" in text
-    assert f"use_backend %[var(txn.host),map_str({tmp_path}/hosts.map,encom_not_found)]" in text  # host routes only
+    # host routes only: one lookup, no variable
+    assert f"use_backend %[req.hdr(host),field(1,:),lower,map_str({tmp_path}/hosts.map,encom_not_found)]" in text
+    assert "txn.host" not in text
     assert f"default_backend {NOT_FOUND_BACKEND}" in text
     assert "frontend tcp_3000\n    mode tcp\n    bind 127.0.0.1:3000\n    default_backend t_db" in text
     assert "server s_127.0.0.1_55000 127.0.0.1:55000 weight 100" in text
@@ -257,6 +259,20 @@ def test_redirect_maps(tmp_path: Path) -> None:
     on_443 = render_config(snap, Options(dir=tmp_path, https_port=443, cert_pem=tmp_path / "c.pem"))
     assert "redirect location https://%[var(txn.host)]%[pathq] code 301" in on_443
     assert "http-request redirect" not in render_config(snap, Options(dir=tmp_path)), "no HTTPS frontend, no redirect"
+
+
+def test_redirect_lookups_only_while_a_route_redirects(tmp_path: Path) -> None:
+    opts = Options(dir=tmp_path, https_port=8443, cert_pem=tmp_path / "c.pem")
+    plain = build_snapshot([route(1, "a", "a.test"), route(2, "w", "*.w.test")], {})
+    redirecting = build_snapshot([route(1, "a", "a.test"), route(2, "w", "*.w.test", redirect_https=True)], {})
+    assert not plain.redirecting and redirecting.redirecting
+    assert plain.layout() != redirecting.layout()
+    assert "txn.redirect" not in render_config(plain, opts)
+    assert "txn.redirect" in render_config(redirecting, opts)
+
+    fitted = fit_layout(redirecting, plain)  # a reload that would add the lookups failed
+    assert fitted.layout() == plain.layout()
+    assert fitted.redirects == plain.redirects and fitted.redirect_wildcards == ((".w.test", "0"),)
 
 
 def test_fit_layout_keeps_stickiness_and_certificates() -> None:

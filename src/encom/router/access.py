@@ -1,14 +1,14 @@
 """Router access lines into the logs of the jobs that served the requests.
 
 HAProxy writes one raw line per HTTP request to its stdout, which is a FIFO under the router dir (`log stdout
-format raw` and ACCESS_LOG_FORMAT in the HTTP frontends). Every FLUSH_SECONDS encom reads what the FIFO holds in
+format raw` and ACCESS_LOG_FORMAT in the HTTP frontends). Every READ_SECONDS encom reads what the FIFO holds in
 a few large reads: one receive per request, as a datagram socket needs, cost a quarter of the router's
 throughput on 2 cores (bench/router.py). Each line names the server (`ip:port`); the discoverd watches tell
 which job that is and on which host, and the lines go to that host in batches (`POST
 /host/jobs/{id}/router-log`), where they join the job's log as `router[web.1]: …` lines.
 
 Access lines never hold up the router or the app: HAProxy's writes do not block (a full FIFO drops lines),
-lines beyond MAX_PENDING a flush are dropped unread, and so are lines of requests no job served (404, 503) and
+lines beyond MAX_PENDING a flush are dropped unparsed, and so are lines of requests no job served (404, 503) and
 lines that cannot be delivered. HAProxy holds the FIFO open read-write, so it outlives encomd's reader: after a
 restart the reader takes up the lines written meanwhile (as many as the FIFO held).
 """
@@ -21,6 +21,7 @@ import fcntl
 import logging
 import os
 import stat
+import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 # a line at ACCESS_LINE_MAX, and then only the URI's end is lost).
 ACCESS_LOG_FORMAT = "%si:%sp %HM %ST %Ta %B %[capture.req.hdr(0)] %{+Q}HU"
 ACCESS_LINE_MAX = 4000  # HAProxy's `len`: a pipe write up to PIPE_BUF (4096) is atomic, so threads' lines never mix
+READ_SECONDS = 0.1
 FLUSH_SECONDS = 0.5
 MAX_PENDING = 10_000  # lines parsed and delivered a flush; the rest are dropped unread
 READ_MAX = 8 << 20  # bytes read a flush at most (HAProxy drops what the FIFO cannot hold meanwhile)
@@ -98,12 +100,16 @@ Deliver = Callable[[str, str, list[RouterLogEntry]], Awaitable[None]]  # host UR
 
 
 class AccessLog:
-    """Reads HAProxy's access lines from the FIFO and delivers them per job every FLUSH_SECONDS."""
+    """Reads HAProxy's access lines from the FIFO every READ_SECONDS and delivers them per job every
+    FLUSH_SECONDS. Reading and parsing in small steps keeps each step short: parsing half a second's lines at
+    once held a core for tens of milliseconds, which showed in the router's p99 latency (bench/router.py)."""
 
     def __init__(self, locate: Locate, deliver: Deliver) -> None:
         self.locate = locate
         self.deliver = deliver
         self.partial = b""  # the start of a line whose end is not read yet
+        self.batches: dict[str, list[RouterLogEntry]] = defaultdict(list)  # server -> entries, until the flush
+        self.kept = 0  # lines in `batches`
         self.dropped = 0  # lines over MAX_PENDING, since the start
 
     def read(self, fd: int) -> list[bytes]:
@@ -124,20 +130,20 @@ class AccessLog:
             self.partial = b""
         return lines
 
-    def take(self, fd: int) -> dict[str, list[RouterLogEntry]]:
-        """What came since the last flush, parsed, per server."""
+    def take(self, fd: int) -> None:
+        """Read what came and keep it, parsed, for the next flush (up to MAX_PENDING lines a flush)."""
         lines = self.read(fd)
-        self.dropped += max(0, len(lines) - MAX_PENDING)
-        batches: dict[str, list[RouterLogEntry]] = defaultdict(list)
-        for data in lines[:MAX_PENDING]:
+        room = max(0, MAX_PENDING - self.kept)
+        self.dropped += max(0, len(lines) - room)
+        for data in lines[:room]:
             found = parse(data.decode(errors="replace"))
             if found is not None:
-                batches[found.server].append(found.entry)
-        return batches
+                self.batches[found.server].append(found.entry)
+                self.kept += 1
 
-    async def flush(self, fd: int) -> None:
-        dropped = self.dropped
-        for server, entries in (await asyncio.to_thread(self.take, fd)).items():
+    async def flush(self) -> None:
+        batches, self.batches, self.kept = self.batches, defaultdict(list), 0
+        for server, entries in batches.items():
             target = await self.locate(server)
             if target is None:
                 continue
@@ -146,17 +152,22 @@ class AccessLog:
                 await self.deliver(url, job_id, entries)
             except (ApiError, OSError) as exc:
                 log.debug("router lines for job %s not delivered: %s", job_id, exc)
-        if self.dropped > dropped:
-            log.debug("%d router access lines over %d a flush dropped", self.dropped - dropped, MAX_PENDING)
 
     async def run(self, path: Path) -> None:
         """Read the FIFO at `path` (made if missing) and deliver until cancelled."""
         make_fifo(path)
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        next_flush = time.monotonic() + FLUSH_SECONDS
         try:
             while True:
-                await asyncio.sleep(FLUSH_SECONDS)
-                await self.flush(fd)
+                await asyncio.sleep(READ_SECONDS)
+                await asyncio.to_thread(self.take, fd)
+                if time.monotonic() >= next_flush:
+                    next_flush = time.monotonic() + FLUSH_SECONDS
+                    dropped = self.dropped
+                    await self.flush()
+                    if self.dropped > dropped:
+                        log.debug("%d router access lines over %d a flush dropped", self.dropped - dropped, MAX_PENDING)
         finally:
             os.close(fd)
 

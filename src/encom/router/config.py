@@ -51,9 +51,13 @@ _PATH_RE = re.compile(r"^/[^\s#]*$")
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 Mode = Literal["http", "tcp"]
-# (backends (name, mode, sticky), TCP frontends (port, backend), certificates (name, SNI filter, sha256 of the PEM))
+# (backends (name, mode, sticky), TCP frontends (port, backend), certificates (name, SNI filter, sha256 of the PEM),
+#  whether there are path routes, wildcard routes, routes redirecting to HTTPS)
 Layout = tuple[
-    frozenset[tuple[str, Mode, bool]], frozenset[tuple[int, str]], frozenset[tuple[str, str, str]], tuple[bool, bool]
+    frozenset[tuple[str, Mode, bool]],
+    frozenset[tuple[int, str]],
+    frozenset[tuple[str, str, str]],
+    tuple[bool, bool, bool],
 ]
 
 
@@ -91,14 +95,16 @@ class Snapshot:
     certs: tuple[Cert, ...] = ()  # by name
     redirects: Mapping[str, str] = field(default_factory=dict)  # domain -> "1" (redirect to https) or "0"
     redirect_wildcards: tuple[tuple[str, str], ...] = ()  # (".suffix", "1"|"0"), longest first
+    redirecting: bool = False  # the HTTP frontend looks the redirect maps up (some route redirects)
 
     def layout(self) -> Layout:
         """What only a reload can change: the set of backends (and their stickiness), of TCP frontends and of
-        certificates, and whether path and wildcard routes exist (their lookups are left out of the config when
-        none does: each costs every request a map lookup)."""
+        certificates, and whether path, wildcard and redirecting routes exist (their lookups are left out of the
+        config when none does: each costs every request a map lookup)."""
         backends = frozenset((b.name, b.mode, b.sticky) for b in self.backends.values())
         certs = frozenset((c.name, c.sni, c.digest) for c in self.certs)
-        return backends, frozenset(self.tcp_frontends.items()), certs, (bool(self.paths), bool(self.wildcards))
+        lookups = (bool(self.paths), bool(self.wildcards), self.redirecting)
+        return backends, frozenset(self.tcp_frontends.items()), certs, lookups
 
     def maps(self) -> dict[str, list[tuple[str, str]]]:
         return {
@@ -274,6 +280,7 @@ def build_snapshot(routes: Iterable[Route], servers: Mapping[str, Set[str]]) -> 
         certs=tuple(sorted(certs.values(), key=lambda c: c.name)),
         redirects=redirects,
         redirect_wildcards=_longest_first(redirect_wildcards),
+        redirecting="1" in redirects.values() or "1" in redirect_wildcards.values(),
     )
 
 
@@ -370,14 +377,18 @@ defaults
 """
 
 
-def _route_lookups(options: Options, snapshot: Snapshot) -> str:
+HOST = "req.hdr(host),field(1,:),lower"  # the request's host, without a port
+
+
+def _route_lookups(options: Options, snapshot: Snapshot, redirect: bool) -> str:
     """Path routes first (longest prefix), then the exact host, then wildcards (most specific). With host
     routes only (the common case) it is one lookup straight into `use_backend`."""
     paths, hosts, wildcards = (options.map_path(n) for n in ("paths", "hosts", "wildcards"))
     if not snapshot.paths and not snapshot.wildcards:
-        return f"    use_backend %[var(txn.host),map_str({hosts},{NOT_FOUND_BACKEND})]\n"
+        host = "var(txn.host)" if redirect else HOST
+        return f"    use_backend %[{host},map_str({hosts},{NOT_FOUND_BACKEND})]\n"
     unless = "unless { var(txn.backend) -m found }"
-    lines = []
+    lines = [] if redirect else [f"    http-request set-var(txn.host) {HOST}"]
     if snapshot.paths:
         lines.append("    http-request set-var-fmt(txn.hostpath) %[var(txn.host)]%[path]")
         lines.append(f"    http-request set-var(txn.backend) var(txn.hostpath),map_beg({paths})")
@@ -399,9 +410,10 @@ def _http_frontend(options: Options, snapshot: Snapshot, tls: bool) -> str:
     else:
         bind, name, proto = f"{options.bind}:{options.http_port}", "http", "http"
     redirect = ""
-    if not tls and options.https:
+    if not tls and options.https and snapshot.redirecting:
         port = "" if options.https_port == 443 else f":{options.https_port}"
         redirect = f"""\
+    http-request set-var(txn.host) {HOST}
     http-request set-var(txn.redirect) var(txn.host),map_str({options.map_path("redirects")})
     http-request set-var(txn.redirect) var(txn.host),map_end({options.map_path("redirect_wildcards")}) \
 unless {{ var(txn.redirect) -m found }}
@@ -417,8 +429,8 @@ frontend {name}
     http-request set-header X-Forwarded-Port %[dst_port]
     http-request set-header X-Request-Start t=%[date(0,ms)]
     http-request set-header X-Request-Id %[uuid] unless {{ req.hdr(x-request-id) -m found }}
-{_access_log(options)}    http-request set-var(txn.host) req.hdr(host),field(1,:),lower
-{redirect}{_route_lookups(options, snapshot)}    default_backend {NOT_FOUND_BACKEND}
+{_access_log(options)}{redirect}{_route_lookups(options, snapshot, bool(redirect))}\
+    default_backend {NOT_FOUND_BACKEND}
 """
 
 

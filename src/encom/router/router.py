@@ -305,10 +305,11 @@ class Router:
             await rt.replace_map(self.options.map_path("paths"), list(new.paths))
         if old.wildcards != new.wildcards:
             await rt.replace_map(self.options.map_path("wildcards"), list(new.wildcards))
-        # (the redirect maps are only loaded when there is an HTTPS frontend to redirect to)
-        if old.redirects != new.redirects and self.options.https:
+        # (the redirect maps are only loaded when there is an HTTPS frontend to redirect to and a route redirects)
+        redirect_maps = self.options.https and old.redirecting
+        if old.redirects != new.redirects and redirect_maps:
             await rt.replace_map(self.options.map_path("redirects"), sorted(new.redirects.items()))
-        if old.redirect_wildcards != new.redirect_wildcards and self.options.https:
+        if old.redirect_wildcards != new.redirect_wildcards and redirect_maps:
             await rt.replace_map(self.options.map_path("redirect_wildcards"), list(new.redirect_wildcards))
         for name, backend in new.backends.items():
             for addr in sorted(old.backends[name].servers - backend.servers):
@@ -434,4 +435,10 @@ def fit_layout(target: Snapshot, layout: Snapshot) -> Snapshot:
         wildcards=tuple((k, v) for k, v in target.wildcards if v in known) if layout.wildcards else (),
         tcp_frontends=dict(layout.tcp_frontends),
         certs=layout.certs,
+        # nor redirect lookups when no route redirected
+        redirects=target.redirects if layout.redirecting else dict.fromkeys(target.redirects, "0"),
+        redirect_wildcards=(
+            target.redirect_wildcards if layout.redirecting else tuple((k, "0") for k, _ in target.redirect_wildcards)
+        ),
+        redirecting=layout.redirecting,
     )
