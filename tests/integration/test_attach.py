@@ -24,6 +24,7 @@ from encom.api.settings import Ports, Settings
 from encom.api.types import ReleaseCreate
 from encom.bootstrap.tls import ensure_tls
 from encom.controller.client import ControllerClient
+from encom.host import runner
 from encom.host.client import HostClient
 from tests.integration import roles
 from tests.integration.conftest import running_controller
@@ -237,6 +238,29 @@ async def test_a_dropped_attacher_ends_stdin_or_hangs_up_the_terminal(cluster: C
         await read_until(conn, Seen(), lambda s: s.stdout.endswith(b"$ "), "the shell's prompt")
     assert (await cluster.wait_job(piped.id, "down", "crashed")).state == "down"
     assert (await cluster.wait_job(on_tty.id, "down", "crashed")).state == "crashed"  # the shell lost its terminal
+
+
+async def test_a_job_nobody_attaches_to_is_hung_up(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The client that asked for it died before attaching: the job must not wait for input forever."""
+    monkeypatch.setattr(runner, "ATTACH_WAIT", 1.0)
+    piped = await cluster.host.add_job(attached_spec(cmd="cat"))
+    on_tty = await cluster.host.add_job(attached_spec(cmd="sh", tty=True))
+    assert (await cluster.wait_job(piped.id, "down", "crashed")).state == "down"  # cat read its stdin's end
+    assert (await cluster.wait_job(on_tty.id, "down", "crashed")).state == "crashed"
+    notes = [line.msg async for line in cluster.host.job_log(piped.id) if line.source == "encom"]
+    assert "No client attached within 1s: hanging up" in notes
+
+
+async def test_an_attacher_in_time_keeps_the_job_going(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runner, "ATTACH_WAIT", 1.0)
+    job = await cluster.host.add_job(attached_spec(cmd="cat"))
+    async with cluster.host.attach(job.id) as conn:
+        await asyncio.sleep(1.5)  # past ATTACH_WAIT
+        await conn.send(stdin(b"still here"))
+        seen = await read_until(conn, Seen(), lambda s: s.stdout == b"still here", "cat to echo")
+        await conn.send(attach.eof())
+        await read_until(conn, seen, ended, "cat to exit")
+    assert seen.exit == AttachExit(state="down", exit_status=0)
 
 
 # ---------------------------------------------------------------- through the controller

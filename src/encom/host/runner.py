@@ -49,6 +49,7 @@ HEALTH_FAIL_GRACE = 2.0
 RECORD = "job.json"
 STDERR_LOOKBACK = 20  # log lines searched for the reason a command could not run
 PUMP_DRAIN = 2.0  # a TTY job's last output, read from the pty after the process has exited
+ATTACH_WAIT = 60.0  # for the first attacher of a job with stdin or a TTY; then its input is hung up
 
 
 @dataclass
@@ -114,6 +115,7 @@ class JobRunner:
         self.output = Pulse()  # fires when a TTY job wrote output and when the job has ended (attachers wait on it)
         self.adopted = False
         self.attached = False  # an attacher is connected (one at a time)
+        self.ever_attached = False
         self.io_ready = asyncio.Event()  # set once `input` is what it will be (the container runs, or never will)
         if job.state not in RUNNING_HOST_STATES:
             self.io_ready.set()
@@ -187,6 +189,8 @@ class JobRunner:
         self.update(pid=pid, started_at=utcnow())
         if self.stop_requested:  # stopped while runc was starting it
             self._spawn(self._terminate(self.grace))
+        if self.input is not None:
+            self._spawn(self._hang_up_unless_attached())
         await self._supervise(self._exit_after_output(process.wait_child(pid)))
 
     async def _start_container(self) -> int:
@@ -379,9 +383,22 @@ class JobRunner:
         self.output.fire()
 
     def hang_up(self) -> None:
-        """Close a TTY job's terminal (its output so far is in `stdout.raw`)."""
-        if self.job.spec.tty:
+        """The attacher left, or never came: as when an ssh session drops, the job's stdin ends (a pipe) or its
+        terminal hangs up (SIGHUP from the kernel), so an interactive job does not wait for input forever. Its
+        output so far stays in `stdout.raw`."""
+        if self.input is None or self.exited.is_set():
+            return
+        if self.input.tty:
             self._close_io()
+        else:
+            self.input.eof()
+
+    async def _hang_up_unless_attached(self) -> None:
+        """A client that asked for an attached job and died before attaching leaves nobody to end its input."""
+        await asyncio.sleep(ATTACH_WAIT)
+        if not self.ever_attached:
+            self.note(f"No client attached within {ATTACH_WAIT:.0f}s: hanging up")
+            self.hang_up()
 
     def _close_io(self) -> None:
         if self.input is not None:

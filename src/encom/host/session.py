@@ -68,7 +68,7 @@ class AttachSession:
             await self._send(attach.error(f"job {self.runner.id} already has an attached client"))
             await self._close()
             return
-        self.runner.attached = True
+        self.runner.attached = self.runner.ever_attached = True
         try:
             await self._serve()
         finally:
@@ -91,18 +91,7 @@ class AttachSession:
         if output in done and output.exception() is None:  # the exit frame went out
             await self._close()
         else:  # the client left (or could no longer be written to) first
-            self._hang_up()
-
-    def _hang_up(self) -> None:
-        """The client left before the job ended: as when an ssh session drops, the job's stdin ends (a pipe) or
-        its terminal hangs up (SIGHUP from the kernel), so an interactive job does not wait for input forever."""
-        job_input = self.runner.input
-        if job_input is None or self.runner.exited.is_set():
-            return
-        if job_input.tty:
             self.runner.hang_up()
-        else:
-            job_input.eof()
 
     # ------------------------------------------------------------------ job → client
 
