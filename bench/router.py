@@ -7,7 +7,8 @@ Everything runs in one process on the same backends: N backend ports on loopback
    these machines are noisy; medians are reported) through
    (a) encom's router: a real `encom.router.router.Router` with one HTTP route to the N backends, started the way
        tests/integration/test_router.py starts it (Options, set_backends, set_routes),
-   (b) a hand-written minimal HAProxy config (same binary, same backends, `balance random`, the router's timeouts),
+   (b) hand-written HAProxy configs (same binary, same backends, `balance random`, the router's timeouts), from a
+       minimal one to one doing the same job as encom's router, a feature more at each step (LADDER),
    (c) one backend directly;
 2. time from `Router.add_route` being called to the first 200 through the router for a new domain, on a new
    backend (a reload) and on an existing backend (a map entry through the Runtime API), median of 10 each;
@@ -46,20 +47,16 @@ from pathlib import Path
 from bench.net import wait_listening
 from encom.api.types import Route, RouterLogEntry
 from encom.router.access import (
-    ACCESS_LINE_MAX,
-    ACCESS_LOG_FORMAT,
     FLUSH_SECONDS,
     MAX_PENDING,
     AccessLog,
     open_fifo_for_haproxy,
 )
-from encom.router.config import Options, max_connections
+from encom.router.config import ACCESS_LOG_RULES, ACCESS_LOG_TARGET, Options, max_connections, request_headers
 from encom.router.haproxy import HAPROXY_BIN
 from encom.router.router import Router
 
 ROUTER_PORT = 8080
-HANDWRITTEN_PORT = 8081
-SAME_JOB_PORT = 8082
 BACKEND_PORT_START = 8101
 HOST = "bench.localhost"
 SERVICE = "bench-web"
@@ -188,55 +185,52 @@ def backends_config(ports: Sequence[int]) -> str:
     return f"global\n    nbthread 1\n    stats socket @SOCKET@ mode 600\ndefaults\n    mode http\n{TIMEOUTS}{frontends}"
 
 
-def handwritten_config(port: int, backends: Sequence[int]) -> str:
-    """What one would write by hand for the same job: no maps, no added headers, HAProxy's own maxconn."""
-    servers = "".join(f"    server s{i} 127.0.0.1:{p}\n" for i, p in enumerate(backends, 1))
-    return f"""\
+@dataclass(frozen=True)
+class Handwritten:
+    """A hand-written HAProxy config for the bench's one app, with some of what encom's router does."""
+
+    name: str
+    label: str
+    port: int
+    routing: bool = False  # route by Host, 404 otherwise (encom: a map lookup)
+    headers: bool = False  # X-Forwarded-For/Proto/Port, X-Request-Start, X-Request-Id
+    access_log: bool = False  # an access line per request to HAProxy's stdout, a FIFO read by encom's own reader
+
+    def config(self, backends: Sequence[int]) -> str:
+        servers = "".join(f"    server s{i} 127.0.0.1:{p}\n" for i, p in enumerate(backends, 1))
+        frontend = ""
+        if self.headers:
+            frontend += "    option idle-close-on-response\n" + request_headers("http")
+        if self.access_log:
+            frontend += ACCESS_LOG_RULES
+        if self.routing:
+            frontend += f"    use_backend app if {{ req.hdr(host),field(1,:),lower -m str {HOST} }}\n"
+            frontend += "    default_backend not_found\nbackend not_found\n"
+            frontend += '    http-request return status 404 content-type text/plain string "No such app"\n'
+        else:
+            frontend += "    default_backend app\n"
+        return f"""\
 global
     stats socket @SOCKET@ mode 600
-defaults
-    mode http
-{TIMEOUTS}
-frontend http
-    bind 127.0.0.1:{port}
-    default_backend app
-backend app
-    balance random
-{servers}"""
-
-
-def same_job_config(port: int, backends: Sequence[int]) -> str:
-    """By hand, what encom's router does for one app: route by Host (404 otherwise), the same request headers
-    (X-Forwarded-*, X-Request-Id, X-Request-Start), the same retries (L4 and `retry-on`) and an access line per
-    request to HAProxy's stdout, a FIFO read by the same reader as encom's)."""
-    servers = "".join(f"    server s{i} 127.0.0.1:{p}\n" for i, p in enumerate(backends, 1))
-    return f"""\
-global
-    stats socket @SOCKET@ mode 600
-    log stdout len {ACCESS_LINE_MAX} format raw local0 info
-defaults
+{ACCESS_LOG_TARGET if self.access_log else ""}defaults
     mode http
 {TIMEOUTS}    retries 3
     option redispatch 1
 frontend http
-    bind 127.0.0.1:{port}
-    option idle-close-on-response
-    option forwardfor
-    http-request set-header X-Forwarded-Proto http
-    http-request set-header X-Forwarded-Port %[dst_port]
-    http-request set-header X-Request-Start t=%[date(0,ms)]
-    http-request set-header X-Request-Id %[uuid] unless {{ req.hdr(x-request-id) -m found }}
-    log global
-    http-request capture req.hdr(x-request-id) len 64
-    log-format "{ACCESS_LOG_FORMAT}"
-    use_backend app if {{ req.hdr(host),field(1,:),lower -m str {HOST} }}
-    default_backend not_found
-backend not_found
-    http-request return status 404 content-type text/plain string "No such app"
-backend app
+    bind 127.0.0.1:{self.port}
+{frontend}backend app
     balance random
-    retry-on conn-failure
 {servers}"""
+
+
+# From the least a config can do to what encom's router does, a feature at a time: what each one costs.
+MINIMAL = Handwritten("handwritten", "hand-written minimal: `default_backend`, no headers, no access line", 8081)
+ROUTING = Handwritten("routing", "+ Host routing (404 otherwise)", 8083, routing=True)
+HEADERS_TOO = Handwritten("headers", "+ the request headers", 8084, routing=True, headers=True)
+SAME_JOB = Handwritten(
+    "samejob", "+ the access line = the same job as encom's router", 8082, routing=True, headers=True, access_log=True
+)
+LADDER = (MINIMAL, ROUTING, HEADERS_TOO, SAME_JOB)
 
 
 _created = datetime(2026, 1, 1, tzinfo=UTC)
@@ -584,27 +578,22 @@ def stopping(procs: list[StaticHAProxy]) -> Iterator[None]:
 async def run(args: argparse.Namespace, directory: Path, command: str) -> Results:
     nofile = raise_nofile()
     backend_ports = [BACKEND_PORT_START + i for i in range(args.backends)]
-    check_ports([ROUTER_PORT, HANDWRITTEN_PORT, SAME_JOB_PORT, *backend_ports])
+    check_ports([ROUTER_PORT, *(h.port for h in LADDER), *backend_ports])
     addrs = [f"127.0.0.1:{p}" for p in backend_ports]
     backends = StaticHAProxy("backends", backends_config(backend_ports), directory, backend_ports[0])
-    handwritten = StaticHAProxy(
-        "handwritten", handwritten_config(HANDWRITTEN_PORT, backend_ports), directory, HANDWRITTEN_PORT
-    )
-    same_job_text = same_job_config(SAME_JOB_PORT, backend_ports)
-    same_job = StaticHAProxy("samejob", same_job_text, directory, SAME_JOB_PORT, access_log=True)
-    with stopping([backends, handwritten, same_job]):
+    by_hand = {h.name: StaticHAProxy(h.name, h.config(backend_ports), directory, h.port, h.access_log) for h in LADDER}
+    with stopping([backends, *by_hand.values()]):
         await backends.start()
         for port in backend_ports[1:]:
             await wait_listening(port, limit=10.0, poll=0.02)
-        await handwritten.start()
         delivered: Counter[str] = Counter()
         async with (
-            access_reader(same_job.access_path, "samejob", delivered),
+            access_reader(by_hand[SAME_JOB.name].access_path, SAME_JOB.name, delivered),
             running_router(directory, addrs, delivered) as router,
         ):
-            await same_job.start()
-            ports = {"encom": ROUTER_PORT, "handwritten": HANDWRITTEN_PORT, "direct": backend_ports[0]}
-            ports["samejob"] = SAME_JOB_PORT
+            for proxy in by_hand.values():
+                await proxy.start()
+            ports = {"encom": ROUTER_PORT, "direct": backend_ports[0]} | {h.name: h.port for h in LADDER}
             for name, port in ports.items():
                 if await status_once(port, HOST) != 200:
                     raise BenchError(f"{name} (port {port}) does not answer 200")
@@ -614,17 +603,15 @@ async def run(args: argparse.Namespace, directory: Path, command: str) -> Result
             routes = await route_timings(router, addrs, args.route_runs)
             sockets = {
                 "encom": router.options.stats_socket,
-                "handwritten": handwritten.socket_path,
+                MINIMAL.name: by_hand[MINIMAL.name].socket_path,
                 "direct": backends.socket_path,
             }
             info = {name: await show_info(sock) for name, sock in sockets.items()}
             limit = nofile[0] - FD_MARGIN
             conns: dict[str, tuple[int, list[Hold]]] = {}
-            for name, port in ports.items():
-                if name == "samejob":
-                    continue
+            for name in sockets:
                 print(f"keep-alive connections held, {name} (bench fd limit {nofile[0]})", file=sys.stderr)
-                conns[name] = await max_clean(port, limit)
+                conns[name] = await max_clean(ports[name], limit)
     return Results(tp, routes, conns, info, nofile, command, delivered)
 
 
@@ -640,7 +627,7 @@ def spread(values: Sequence[float], fmt: Callable[[float], str]) -> str:
 
 
 def throughput_rows(tp: Throughput, rounds: int) -> list[list[str]]:
-    targets = ("encom", "handwritten", "direct", "samejob")
+    targets = ("encom", MINIMAL.name, "direct", SAME_JOB.name)
 
     def row(label: str, metric: Callable[[WrkResult], float], fmt: Callable[[float], str], target: str) -> list[str]:
         values = [tp.median(t, metric) for t in targets]
@@ -653,8 +640,18 @@ def throughput_rows(tp: Throughput, rounds: int) -> list[list[str]]:
         row("latency p50, median", lambda r: r.p50, ms, ""),
         row("latency p99, median", lambda r: r.p99, ms, ""),
         ["errors (socket + non-2xx), all rounds", *(str(tp.errors(t)) for t in targets[:3]), "",
-         str(tp.errors("samejob")), "", "0"],
+         str(tp.errors(SAME_JOB.name)), "", "0"],
     ]  # fmt: skip
+
+
+def ladder_rows(tp: Throughput) -> list[list[str]]:
+    """Each hand-written config of the LADDER and encom's router: median req/s and p99, against the minimal."""
+    base = tp.median(MINIMAL.name, lambda r: r.rps)
+    rows = [["config", "req/s, median", "ratio to minimal", "latency p99, median"], ["---"] * 4]
+    for name, label in [(h.name, h.label) for h in LADDER] + [("encom", "encom's router (the same job)")]:
+        rps = tp.median(name, lambda r: r.rps)
+        rows.append([label, f"{rps:,.0f}", f"{rps / base:.2f}x", ms(tp.median(name, lambda r: r.p99))])
+    return rows
 
 
 def route_rows(routes: dict[str, list[RouteTiming]]) -> list[list[str]]:
@@ -675,11 +672,11 @@ def route_rows(routes: dict[str, list[RouteTiming]]) -> list[list[str]]:
 
 
 def conn_rows(results: Results) -> list[list[str]]:
-    targets = ("encom", "handwritten", "direct")
+    targets = ("encom", MINIMAL.name, "direct")
     best = [str(results.conns[t][0]) for t in targets]
     info = [results.info[t] for t in targets]
     limits = [f"maxconn {i.get('Maxconn', '?')}, ulimit-n {i.get('Ulimit-n', '?')}" for i in info]
-    encom, hand = results.conns["encom"][0], results.conns["handwritten"][0]
+    encom, hand = results.conns["encom"][0], results.conns[MINIMAL.name][0]
     return [
         [
             "keep-alive connections held with 0 errors (2 requests each)",
@@ -717,20 +714,23 @@ def report(results: Results, rounds: int, duration: float) -> str:
     ]
     soft, hard = results.nofile
     lines = ["| " + " | ".join(row) + " |" for row in rows]
+    lines += ["", "What each feature costs (the hand-written configs, one feature more each, in the same rounds):", ""]
+    lines += ["| " + " | ".join(row) + " |" for row in ladder_rows(results.throughput)]
     lines += [
         "",
         f"`{results.command}`; wrk: `{shlex.join(wrk_command(ROUTER_PORT, duration))}` (same on the other ports).",
         f"Bench process RLIMIT_NOFILE: soft {soft}, hard {hard}; the router's maxconn = max_connections() ="
         f" {max_connections(2, hard)} from the hard limit (about 2 fds per proxied connection).",
         "Backends: one HAProxy process (1 thread) with one `http-request return … string ok` frontend per port.",
-        "Hand-written minimal: one frontend, `default_backend`, no headers, no L7 retries. Hand-written same job:"
-        " what encom's router does, written by hand for one app: Host routing with a 404 fallback, the same"
-        " X-Forwarded-*/X-Request-Id/X-Request-Start headers, the same retries (`retries 3`, `option redispatch 1`,"
-        " `retry-on conn-failure`) and the same access line per request to HAProxy's stdout, a FIFO read by"
-        " encom's own reader as the router role reads it.",
+        "Hand-written minimal: one frontend, `default_backend`, no headers, no access line. Hand-written same job:"
+        " what encom's router does, written by hand for one app: Host routing with a 404 fallback (an ACL, where"
+        " encom looks the host up in a map it can change without a reload), the same"
+        " X-Forwarded-*/X-Request-Id/X-Request-Start headers and the same access line per request to HAProxy's"
+        " stdout, a FIFO read by encom's own reader as the router role reads it. All have the router's timeouts"
+        " and retries (`retries 3`, `option redispatch 1`: a refused connection is retried on another server).",
         f"Access lines read during the run (the reader keeps at most {MAX_PENDING:,} per"
         f" {FLUSH_SECONDS:g} s and drops the rest): encom {results.access_lines['encom']:,},"
-        f" same job {results.access_lines['samejob']:,}.",
+        f" same job {results.access_lines[SAME_JOB.name]:,}.",
     ]
     return "\n".join(lines)
 

@@ -344,17 +344,33 @@ global
 {_log_target(options)}"""
 
 
+# HAProxy's stdout is the FIFO of access lines (see access.py and HAProxy.start)
+ACCESS_LOG_TARGET = f"    log stdout len {ACCESS_LINE_MAX} format raw local0 info\n"
+# The HTTP frontends' access line (the request id is captured once the frontend has set it)
+ACCESS_LOG_RULES = f"""\
+    log global
+    http-request capture req.hdr(x-request-id) len 64
+    log-format "{ACCESS_LOG_FORMAT}"
+"""
+
+
+def request_headers(proto: str) -> str:
+    """What the HTTP frontends tell the apps about each request."""
+    return f"""\
+    option forwardfor
+    http-request set-header X-Forwarded-Proto {proto}
+    http-request set-header X-Forwarded-Port %[dst_port]
+    http-request set-header X-Request-Start t=%[date(0,ms)]
+    http-request set-header X-Request-Id %[uuid] unless {{ req.hdr(x-request-id) -m found }}
+"""
+
+
 def _log_target(options: Options) -> str:
-    return f"    log stdout len {ACCESS_LINE_MAX} format raw local0 info\n" if options.access_log else ""
+    return ACCESS_LOG_TARGET if options.access_log else ""
 
 
 def _access_log(options: Options) -> str:
-    """The HTTP frontends' log lines (the request id is captured once the frontend has set it)."""
-    if not options.access_log:
-        return ""
-    return (
-        f'    log global\n    http-request capture req.hdr(x-request-id) len 64\n    log-format "{ACCESS_LOG_FORMAT}"\n'
-    )
+    return ACCESS_LOG_RULES if options.access_log else ""
 
 
 def _defaults() -> str:
@@ -424,12 +440,7 @@ frontend {name}
     mode http
     bind {bind}
     option idle-close-on-response
-    option forwardfor
-    http-request set-header X-Forwarded-Proto {proto}
-    http-request set-header X-Forwarded-Port %[dst_port]
-    http-request set-header X-Request-Start t=%[date(0,ms)]
-    http-request set-header X-Request-Id %[uuid] unless {{ req.hdr(x-request-id) -m found }}
-{_access_log(options)}{redirect}{_route_lookups(options, snapshot, bool(redirect))}\
+{request_headers(proto)}{_access_log(options)}{redirect}{_route_lookups(options, snapshot, bool(redirect))}\
     default_backend {NOT_FOUND_BACKEND}
 """
 
