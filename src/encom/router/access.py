@@ -40,9 +40,10 @@ ACCESS_LOG_FORMAT = "%si:%sp %HM %ST %Ta %B %[capture.req.hdr(0)] %{+Q}HU"
 ACCESS_LINE_MAX = 4000  # HAProxy's `len`: a pipe write up to PIPE_BUF (4096) is atomic, so threads' lines never mix
 READ_SECONDS = 0.1
 FLUSH_SECONDS = 0.5
-# Lines parsed and delivered a flush; the rest are dropped unparsed. A line costs some 15 µs of CPU on its way into
-# a job's log (parsed here, sent, written by the host): the cap keeps a flood of requests from spending more than a
-# fraction of a core on logs that, at 10,000 lines a second, hold only the last second anyway.
+# Lines parsed and delivered a flush; the rest are dropped unparsed. A line costs about 10 µs of CPU on its way into
+# a job's log (parsed, encoded, decoded and re-encoded by the host as a log line; more for the HTTP call, the write
+# and every follower and drain): the cap keeps a flood of requests from spending more than a fraction of a core on
+# logs that, at 10,000 lines a second, hold only the last second anyway.
 MAX_PENDING = 5_000
 READ_MAX = 8 << 20  # bytes read a flush at most (HAProxy drops what the FIFO cannot hold meanwhile)
 PIPE_BYTES = 1 << 20  # the FIFO's buffer (the default 64 KB is ~600 lines, 20 ms at full speed)
