@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import uuid
 from pathlib import Path
 
 from pydantic import BaseModel, Field
+
+from encom.api.files import write_private
 
 ALL_ROLES = ("discoverd", "blobstore", "host", "controller", "scheduler", "router", "gitreceive")
 SETTINGS_FILE = "encomd.json"
@@ -86,11 +87,7 @@ class Settings(BaseModel):
     def save(self) -> Path:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         path = self.data_dir / SETTINGS_FILE
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(self.model_dump_json(indent=2))
-        tmp.replace(path)
+        write_private(path, self.model_dump_json(indent=2))
         return path
 
     @classmethod

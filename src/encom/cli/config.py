@@ -11,6 +11,8 @@ from typing import Any
 
 import tomli_w
 
+from encom.api import files
+
 CONFIG_FILE = "config.toml"
 CLUSTER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
@@ -102,12 +104,7 @@ def load_config(path: Path | None = None) -> Config:
 def write_private(path: Path, text: str) -> None:
     """Write a file only its owner can read, atomically (it holds the cluster keys)."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o600)  # an existing tmp file keeps its old mode through O_CREAT
-    tmp.replace(path)
+    files.write_private(path, text)
 
 
 def save_config(config: Config, path: Path | None = None) -> None:

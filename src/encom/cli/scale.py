@@ -12,6 +12,7 @@ from datetime import datetime
 import click
 from pydantic import ValidationError
 
+from encom.api.aio import wait_for
 from encom.api.types import Event, Formation, Job, Release
 from encom.cli.context import app_options, call, current_target
 from encom.cli.output import CliError, clock, duration
@@ -140,7 +141,7 @@ class JobWatcher:
                 if remaining <= 0:
                     raise CliError(f"timed out after {seconds:g}s waiting for {self.tracker.missing()}")
                 try:
-                    event = await asyncio.wait_for(self.queue.get(), min(POLL_INTERVAL, remaining))
+                    event = await wait_for(self.queue.get(), min(POLL_INTERVAL, remaining))
                 except TimeoutError:
                     await self._poll()
                     continue

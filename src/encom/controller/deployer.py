@@ -25,6 +25,7 @@ from typing import TypeVar
 
 from sqlalchemy.orm import Session
 
+from encom.api.aio import wait_for
 from encom.api.errors import ApiError
 from encom.api.jobspec import one_off_spec, stop_grace
 from encom.api.settings import Settings
@@ -122,7 +123,7 @@ class JobWatch:
             if remaining <= 0:
                 return False
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.changed.wait(), min(remaining, POLL_SECONDS))
+                await wait_for(self.changed.wait(), min(remaining, POLL_SECONDS))
 
 
 class Deployer:
@@ -155,7 +156,7 @@ class Deployer:
                     if deployment_id not in self.running:
                         self._start(deployment_id)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wake.wait(), POLL_SECONDS)
+                    await wait_for(self.wake.wait(), POLL_SECONDS)
         finally:
             tasks = list(self.running.values())
             for task in tasks:

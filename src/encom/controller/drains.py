@@ -32,6 +32,7 @@ import httpx
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
+from encom.api.aio import wait_for
 from encom.api.errors import ApiError, Conflict, NotFound, ValidationError
 from encom.api.settings import Settings
 from encom.api.types import Drain, DrainCreate, EventType, LogLine
@@ -219,7 +220,7 @@ class SyslogStream:
         server_hostname = self.host if self.tls is not None else None
         opening = asyncio.open_connection(self.host, self.port, ssl=self.tls, server_hostname=server_hostname)
         try:
-            reader, writer = await asyncio.wait_for(opening, CONNECT_TIMEOUT)
+            reader, writer = await wait_for(opening, CONNECT_TIMEOUT)
         except TimeoutError:
             raise DeliveryError(f"no connection within {CONNECT_TIMEOUT:g}s") from None
         self.writer, self.closed = writer, asyncio.create_task(_until_eof(reader))
@@ -231,7 +232,7 @@ class SyslogStream:
             raise DeliveryError("the receiver closed the connection")
         writer.write(b"".join(octet_frame(message) for message in messages))
         try:
-            await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
+            await wait_for(writer.drain(), WRITE_TIMEOUT)
         except TimeoutError:
             raise DeliveryError(f"the receiver took no data for {WRITE_TIMEOUT:g}s") from None
 
@@ -423,7 +424,7 @@ class Shipper:
         while len(self.buffer) < self.transport.max_batch and loop.time() < deadline:
             self.more.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.more.wait(), deadline - loop.time())
+                await wait_for(self.more.wait(), deadline - loop.time())
 
     def _failed(self, exc: Exception) -> None:
         if not self.down:

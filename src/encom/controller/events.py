@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
+from encom.api.aio import wait_for
 from encom.api.types import Event, EventType
 from encom.controller import convert
 from encom.controller.db import EVENTS_KEY, Database
@@ -115,4 +116,4 @@ class EventHub:
 
     async def _wait(self, waiter: asyncio.Event) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(waiter.wait(), POLL_SECONDS)
+            await wait_for(waiter.wait(), POLL_SECONDS)

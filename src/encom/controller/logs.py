@@ -12,6 +12,7 @@ from datetime import datetime
 from sqlalchemy.orm import Session
 
 from encom.api import ndjson as ndjson_stream
+from encom.api.aio import wait_for
 from encom.api.errors import ApiError, NotFound, ValidationError
 from encom.api.settings import Settings
 from encom.api.types import LogLine, utcnow
@@ -168,7 +169,7 @@ class _Follow:
             while waiting:
                 left = deadline - asyncio.get_running_loop().time()
                 try:
-                    kind, lines = await asyncio.wait_for(self.queue.get(), max(0.0, left))
+                    kind, lines = await wait_for(self.queue.get(), max(0.0, left))
                 except TimeoutError:
                     break
                 if kind == "history":
@@ -184,7 +185,7 @@ class _Follow:
                 yield line
             while not ended():
                 try:
-                    _, lines = await asyncio.wait_for(self.queue.get(), KEEPALIVE)
+                    _, lines = await wait_for(self.queue.get(), KEEPALIVE)
                 except TimeoutError:
                     yield None
                     continue

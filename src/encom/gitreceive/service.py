@@ -21,8 +21,10 @@ from typing import Any
 
 import asyncssh
 
+from encom.api.aio import wait_for
 from encom.api.client import ca_context
 from encom.api.errors import ApiError
+from encom.api.files import write_private
 from encom.api.role import RoleContext
 from encom.api.settings import Settings
 from encom.api.types import APP_NAME_RE, App
@@ -64,11 +66,7 @@ def ensure_host_key(path: Path) -> asyncssh.SSHKey:
     if path.exists():
         return asyncssh.read_private_key(str(path))
     key = asyncssh.generate_private_key("ssh-ed25519")
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(key.export_private_key())
-    tmp.replace(path)
+    write_private(path, key.export_private_key())
     path.with_suffix(".pub").write_bytes(key.export_public_key())
     return key
 
@@ -292,7 +290,7 @@ async def _stop_group(proc: asyncio.subprocess.Process) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, sig)
         try:
-            await asyncio.wait_for(asyncio.shield(proc.wait()), STOP_GRACE)
+            await wait_for(asyncio.shield(proc.wait()), STOP_GRACE)
             return
         except TimeoutError:
             continue

@@ -15,6 +15,7 @@ import tempfile
 import termios
 from pathlib import Path
 
+from encom.api.aio import wait_for
 from encom.host.logs import Pulse
 from encom.host.runtime import RuncError
 
@@ -187,7 +188,7 @@ async def start_tty(start: asyncio.Task[int], console: ConsoleSocket) -> tuple[i
     receiving = asyncio.create_task(console.receive())
     try:
         pid = await start
-        master = await asyncio.wait_for(receiving, CONSOLE_TIMEOUT)
+        master = await wait_for(receiving, CONSOLE_TIMEOUT)
     except BaseException:
         await _discard(receiving)
         raise

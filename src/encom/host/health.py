@@ -7,6 +7,7 @@ import contextlib
 
 import httpx
 
+from encom.api.aio import wait_for
 from encom.api.types import HealthCheck
 
 ATTEMPT_TIMEOUT = 2.0
@@ -20,7 +21,7 @@ async def probe(check: HealthCheck, port: int) -> None:
         if response.status_code != check.status:
             raise OSError(f"HTTP {response.status_code} from {check.path}, expected {check.status}")
         return
-    _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), ATTEMPT_TIMEOUT)
+    _, writer = await wait_for(asyncio.open_connection("127.0.0.1", port), ATTEMPT_TIMEOUT)
     writer.close()
     with contextlib.suppress(OSError):
         await writer.wait_closed()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pydantic import ValidationError as PydanticValidationError
 
+from encom.api.aio import wait_for
 from encom.api.errors import Conflict, NotFound, ValidationError
 from encom.api.types import RUNNING_HOST_STATES, HostJob, HostJobSpec, LogLine, utcnow
 from encom.host import process
@@ -87,7 +88,7 @@ class JobManager:
         runner = self.runner(job_id)
         task = asyncio.create_task(runner.stop(runner.job.spec.stop_grace))
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(task), wait)
+            await wait_for(asyncio.shield(task), wait)
         return runner.job
 
     async def shutdown(self, detach: bool) -> None:

@@ -16,6 +16,7 @@ from typing import Literal
 
 from pydantic import ValidationError
 
+from encom.api.aio import wait_for
 from encom.api.types import LogLine, utcnow
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ class Pulse:
 
     async def wait(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._event.wait(), seconds)
+            await wait_for(self._event.wait(), seconds)
 
 
 @dataclass
@@ -444,7 +445,7 @@ class Tailer:
             got = self.poll()
             delay = POLL_MIN if got else min(POLL_MAX, delay * 2)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopped.wait(), delay)
+                await wait_for(stopped.wait(), delay)
         self.poll(final=True)
         self.drained.set()
         self.log.changed.fire()

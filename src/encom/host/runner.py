@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from encom.api.aio import wait_for
 from encom.api.types import (
     RUNNING_HOST_STATES,
     HostJob,
@@ -240,7 +241,7 @@ class JobRunner:
         code = await waiter
         if self.pump is not None:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.pump.done.wait(), PUMP_DRAIN)
+                await wait_for(self.pump.done.wait(), PUMP_DRAIN)
         return code
 
     async def _adopt(self) -> None:
@@ -354,7 +355,7 @@ class JobRunner:
         """SIGTERM, then SIGKILL once `grace` has passed."""
         await self.deps.runc.kill(self.id, "TERM")
         try:
-            await asyncio.wait_for(self.exited.wait(), grace)
+            await wait_for(self.exited.wait(), grace)
         except TimeoutError:
             await self.deps.runc.kill(self.id, "KILL")
 
@@ -369,7 +370,7 @@ class JobRunner:
         oom = oom_killed(self.id)
         await self.deps.runc.delete(self.id)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.tailer.drained.wait(), DRAIN_TIMEOUT)
+            await wait_for(self.tailer.drained.wait(), DRAIN_TIMEOUT)
         self.deps.ports.release(self.job.port)
         await asyncio.to_thread(self._remove_files)
         state, changes = self._outcome(code, oom)

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from encom.api.aio import wait_for
+
 log = logging.getLogger(__name__)
 
 
@@ -67,7 +69,7 @@ class Runc:
             stderr=asyncio.subprocess.PIPE,
         )
         try:
-            out, err = await asyncio.wait_for(proc.communicate(), limit)
+            out, err = await wait_for(proc.communicate(), limit)
         except (TimeoutError, asyncio.CancelledError):
             proc.kill()
             await proc.wait()

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from encom.api.files import write_private
 from encom.api.procs import process_alive
 from encom.router.access import is_fifo_of, open_fifo_for_haproxy
 from encom.router.config import Options, render_cert_check
@@ -95,14 +96,6 @@ class HAProxy:
         tmp.write_text(text)
         tmp.replace(path)
 
-    def write_private(self, path: Path, text: str) -> None:
-        """Like `write_file`, mode 0600 from the start (private keys)."""
-        tmp = path.with_name(path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        tmp.replace(path)
-
     async def validate(self, config: str) -> Path:
         """Write `config` next to the live one and check it with `haproxy -c`; returns the checked file."""
         candidate = self.options.config_path.with_name("haproxy.cfg.new")
@@ -116,7 +109,7 @@ class HAProxy:
         certs.mkdir(mode=0o700, exist_ok=True)
         pem_path, cfg_path = certs / "check.pem.new", certs / "check.cfg.new"
         try:
-            self.write_private(pem_path, pem)
+            write_private(pem_path, pem)
             cfg_path.write_text(render_cert_check(pem_path))
             await self._check(cfg_path, "the certificate")
         finally:

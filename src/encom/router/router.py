@@ -27,6 +27,7 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import replace
 
+from encom.api.files import write_private
 from encom.api.types import Route
 from encom.discoverd.client import TTL_SECONDS
 from encom.router.config import (
@@ -347,7 +348,7 @@ class Router:
             with contextlib.suppress(OSError):
                 if path.read_text() == cert.pem:
                     continue
-            self.haproxy.write_private(path, cert.pem)
+            write_private(path, cert.pem)
         self.haproxy.write_file(self.options.crt_list_path, render_crt_list(snapshot, self.options))
 
     def _remove_stale_certs(self, snapshot: Snapshot) -> None:

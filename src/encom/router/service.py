@@ -10,15 +10,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
 import httpx
 import pydantic
 
+from encom.api.aio import wait_for
 from encom.api.client import ca_context
 from encom.api.errors import ApiError
+from encom.api.files import write_private
 from encom.api.netports import reserve_ports
 from encom.api.role import RoleContext
 from encom.api.settings import Settings
@@ -56,9 +57,7 @@ def combined_cert(settings: Settings, directory: Path) -> Path | None:
     if not cert.exists() or not key.exists():
         return None
     path = directory / "router-cert.pem"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(cert.read_text().rstrip("\n") + "\n" + key.read_text())
+    write_private(path, cert.read_text().rstrip("\n") + "\n" + key.read_text())
     return path
 
 
@@ -93,7 +92,7 @@ class Watches:
         events = [self.current[s].wait() for s in services if s in self.current]
         if events:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.gather(*events), seconds)
+                await wait_for(asyncio.gather(*events), seconds)
 
     async def close(self) -> None:
         tasks = list(self.tasks.values())

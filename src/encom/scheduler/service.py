@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any, TypeVar
 
+from encom.api.aio import wait_for
 from encom.api.client import ca_context
 from encom.api.errors import ApiError
 from encom.api.role import RoleContext
@@ -103,7 +104,7 @@ class Scheduler:
         self.hosts.clear()
         if self.heartbeat is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.heartbeat.stop(), 2.0)
+                await wait_for(self.heartbeat.stop(), 2.0)
 
     def trigger(self) -> None:
         self.changed.set()
@@ -421,7 +422,7 @@ class Scheduler:
             if self.wake_at is not None:
                 timeout = min(timeout, max(self.wake_at - time.monotonic(), 0.0))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.changed.wait(), timeout)
+                await wait_for(self.changed.wait(), timeout)
             await self._settle()
             self.changed.clear()
             try:
