@@ -85,3 +85,17 @@ async def test_lines_are_read_whole_and_delivered_per_job(tmp_path: Path, monkey
         os.close(writer)
     # the first five are kept (the rest dropped), the one of an unknown server goes nowhere
     assert delivered == {"job-1": ['path="/0"', 'path="/2"', 'path="/4"'], "job-2": ['path="/1"']}
+
+
+def test_dropped_lines_are_reported_at_most_once_a_minute(caplog: pytest.LogCaptureFixture) -> None:
+    async def nowhere(*args: object) -> None:
+        return None
+
+    reader = AccessLog(nowhere, nowhere)
+    with caplog.at_level("WARNING", logger="encom.router.access"):
+        reader.report_dropped()  # nothing dropped
+        reader.dropped = 7
+        reader.report_dropped()
+        reader.dropped = 9
+        reader.report_dropped()  # within the minute
+    assert [r.getMessage() for r in caplog.records] == ["7 router access lines dropped (over 10000 a second)"]

@@ -45,7 +45,8 @@ FLUSH_SECONDS = 0.5
 # and every follower and drain): the cap keeps a flood of requests from spending more than a fraction of a core on
 # logs that, at 10,000 lines a second, hold only the last second anyway.
 MAX_PENDING = 5_000
-READ_MAX = 8 << 20  # bytes read a flush at most (HAProxy drops what the FIFO cannot hold meanwhile)
+DROP_REPORT_SECONDS = 60.0
+READ_MAX = 8 << 20  # bytes read a step at most (HAProxy drops what the FIFO cannot hold meanwhile)
 PIPE_BYTES = 1 << 20  # the FIFO's buffer (the default 64 KB is ~600 lines, 20 ms at full speed)
 
 
@@ -114,6 +115,7 @@ class AccessLog:
         self.batches: dict[str, list[RouterLogEntry]] = defaultdict(list)  # server -> entries, until the flush
         self.kept = 0  # lines in `batches`
         self.dropped = 0  # lines over MAX_PENDING, since the start
+        self.reported = (0, float("-inf"))  # `dropped` when it was last logged, and when
 
     def read(self, fd: int) -> list[str]:
         """The whole lines the FIFO holds (up to READ_MAX bytes of them)."""
@@ -143,6 +145,15 @@ class AccessLog:
                 self.batches[found.server].append(found.entry)
                 self.kept += 1
 
+    def report_dropped(self) -> None:
+        """A warning at most every DROP_REPORT_SECONDS while lines are being dropped."""
+        count, at = self.reported
+        now = time.monotonic()
+        if self.dropped > count and now - at >= DROP_REPORT_SECONDS:
+            rate = MAX_PENDING / FLUSH_SECONDS
+            log.warning("%d router access lines dropped (over %.0f a second)", self.dropped - count, rate)
+            self.reported = (self.dropped, now)
+
     async def flush(self) -> None:
         batches, self.batches, self.kept = self.batches, defaultdict(list), 0
         for server, entries in batches.items():
@@ -166,10 +177,8 @@ class AccessLog:
                 await asyncio.to_thread(self.take, fd)
                 if time.monotonic() >= next_flush:
                     next_flush = time.monotonic() + FLUSH_SECONDS
-                    dropped = self.dropped
                     await self.flush()
-                    if self.dropped > dropped:
-                        log.debug("%d router access lines over %d a flush dropped", self.dropped - dropped, MAX_PENDING)
+                    self.report_dropped()
         finally:
             os.close(fd)
 
