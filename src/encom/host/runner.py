@@ -396,8 +396,9 @@ class JobRunner:
 
     async def _hang_up_unless_attached(self) -> None:
         """A client that asked for an attached job and died before attaching leaves nobody to end its input."""
-        await asyncio.sleep(ATTACH_WAIT)
-        if not self.ever_attached:
+        with contextlib.suppress(TimeoutError):
+            await wait_for(self.exited.wait(), ATTACH_WAIT)
+        if not self.ever_attached and not self.exited.is_set():
             self.note(f"No client attached within {ATTACH_WAIT:.0f}s: hanging up")
             self.hang_up()
 
