@@ -134,9 +134,8 @@ class AccessLog:
         self.partial = data[end:] if len(data) - end <= ACCESS_LINE_MAX else b""  # else not a line HAProxy wrote
         return data[:end].decode(errors="replace").split("\n")[:-1]
 
-    def take(self, fd: int) -> None:
-        """Read what came and keep it, parsed, for the next flush (up to MAX_PENDING lines a flush)."""
-        lines = self.read(fd)
+    def keep(self, lines: list[str]) -> None:
+        """Parse `lines` for the next flush (up to MAX_PENDING lines a flush)."""
         room = max(0, MAX_PENDING - self.kept)
         self.dropped += max(0, len(lines) - room)
         for line in lines[:room]:
@@ -174,7 +173,9 @@ class AccessLog:
         try:
             while True:
                 await asyncio.sleep(READ_SECONDS)
-                await asyncio.to_thread(self.take, fd)
+                lines = self.read(fd)  # non-blocking, a few large reads
+                if lines:  # (an idle router makes no thread hop)
+                    await asyncio.to_thread(self.keep, lines)
                 if time.monotonic() >= next_flush:
                     next_flush = time.monotonic() + FLUSH_SECONDS
                     await self.flush()
