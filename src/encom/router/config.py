@@ -393,7 +393,7 @@ defaults
 """
 
 
-HOST = "req.hdr(host),field(1,:),lower"  # the request's host, without a port
+REQUEST_HOST = "req.hdr(host),field(1,:),lower"  # the request's host, lower case, without a port
 
 
 def _route_lookups(options: Options, snapshot: Snapshot, redirect: bool) -> str:
@@ -401,10 +401,10 @@ def _route_lookups(options: Options, snapshot: Snapshot, redirect: bool) -> str:
     routes only (the common case) it is one lookup straight into `use_backend`."""
     paths, hosts, wildcards = (options.map_path(n) for n in ("paths", "hosts", "wildcards"))
     if not snapshot.paths and not snapshot.wildcards:
-        host = "var(txn.host)" if redirect else HOST
+        host = "var(txn.host)" if redirect else REQUEST_HOST
         return f"    use_backend %[{host},map_str({hosts},{NOT_FOUND_BACKEND})]\n"
     unless = "unless { var(txn.backend) -m found }"
-    lines = [] if redirect else [f"    http-request set-var(txn.host) {HOST}"]
+    lines = [] if redirect else [f"    http-request set-var(txn.host) {REQUEST_HOST}"]
     if snapshot.paths:
         lines.append("    http-request set-var-fmt(txn.hostpath) %[var(txn.host)]%[path]")
         lines.append(f"    http-request set-var(txn.backend) var(txn.hostpath),map_beg({paths})")
@@ -429,7 +429,7 @@ def _http_frontend(options: Options, snapshot: Snapshot, tls: bool) -> str:
     if not tls and options.https and snapshot.redirecting:
         port = "" if options.https_port == 443 else f":{options.https_port}"
         redirect = f"""\
-    http-request set-var(txn.host) {HOST}
+    http-request set-var(txn.host) {REQUEST_HOST}
     http-request set-var(txn.redirect) var(txn.host),map_str({options.map_path("redirects")})
     http-request set-var(txn.redirect) var(txn.host),map_end({options.map_path("redirect_wildcards")}) \
 unless {{ var(txn.redirect) -m found }}
