@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import random
 import re
-import shutil
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -33,7 +32,6 @@ from tests.integration.test_host import Cluster, host_cluster, spec
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(shutil.which("runc") is None, reason="runc is not installed"),
 ]
 
 WAIT = 10.0

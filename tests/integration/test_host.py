@@ -9,7 +9,6 @@ import io
 import json
 import os
 import random
-import shutil
 import subprocess
 import tarfile
 import time
@@ -56,7 +55,6 @@ from tests.integration.roles import free_port, free_ports, start_role
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(shutil.which("runc") is None, reason="runc is not installed"),
 ]
 
 WAIT = 15.0

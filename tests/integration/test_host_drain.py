@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import shutil
 import socket
 import time
 import uuid
@@ -42,8 +40,6 @@ from tests.integration.roles import cluster_ports, running_role
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(shutil.which("runc") is None, reason="runc is not installed"),
-    pytest.mark.skipif(not os.path.exists("/usr/sbin/haproxy"), reason="needs HAProxy"),
 ]
 
 PORTS = cluster_ports(9000)

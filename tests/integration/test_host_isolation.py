@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,6 @@ from tests.integration.test_host import cluster as cluster  # the fixture
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(shutil.which("runc") is None, reason="runc is not installed"),
 ]
 
 

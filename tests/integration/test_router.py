@@ -28,7 +28,6 @@ from tests.integration.roles import eventually, free_port, free_ports, running_r
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(not os.path.exists("/usr/sbin/haproxy"), reason="needs HAProxy"),
 ]
 
 HTTP_PORT = 24080

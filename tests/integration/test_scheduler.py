@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import io
 import os
-import shutil
 import signal
 import tarfile
 import time
@@ -36,7 +35,6 @@ from tests.integration.roles import cluster_ports
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(os.geteuid() != 0 or shutil.which("runc") is None, reason="needs root and runc"),
 ]
 
 ROLES = ("discoverd", "blobstore", "host", "controller", "scheduler")

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-
-import pytest
 
 from encom.api.types import Route
 from encom.router.config import (
@@ -129,7 +126,6 @@ def test_https_frontend_only_with_a_certificate(tmp_path: Path) -> None:
     assert "ssl crt" not in render_config(Snapshot(), Options(dir=tmp_path, https_port=8443))
 
 
-@pytest.mark.skipif(not os.path.exists("/usr/sbin/haproxy"), reason="needs HAProxy")
 def test_rendered_config_is_valid_haproxy(tmp_path: Path) -> None:
     snap = build_snapshot(
         [
@@ -283,7 +279,6 @@ def test_fit_layout_keeps_stickiness_and_certificates() -> None:
     assert fitted.backends["h_a"].servers == {"127.0.0.1:2"}
 
 
-@pytest.mark.skipif(not os.path.exists("/usr/sbin/haproxy"), reason="needs HAProxy")
 def test_rendered_https_config_with_sticky_certs_and_redirects_is_valid_haproxy(tmp_path: Path) -> None:
     from encom.bootstrap.tls import create_ca, issue_cert
 

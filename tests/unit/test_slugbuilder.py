@@ -325,10 +325,6 @@ def run_debian_build(tmp_path: Path, env: dict[str, str]) -> subprocess.Complete
     return subprocess.run(args, env=env, capture_output=True, text=True, timeout=120, check=False)
 
 
-needs_debian_python = pytest.mark.skipif(not DEBIAN_PYTHON.exists(), reason="no /usr/bin/python3")
-
-
-@needs_debian_python
 def test_static_build_end_to_end(tmp_path: Path, blobs: tuple[str, dict[str, bytes]]) -> None:
     url, store = blobs
     store["/source.tar"] = source_tar({"index.html": "<h1>hi</h1>", "Procfile": "web: python3 -m http.server $PORT"})
@@ -348,7 +344,6 @@ def test_static_build_end_to_end(tmp_path: Path, blobs: tuple[str, dict[str, byt
         assert "./index.html" in slug.getnames()
 
 
-@needs_debian_python
 def test_unselectable_repo_fails_the_build(tmp_path: Path, blobs: tuple[str, dict[str, bytes]]) -> None:
     url, store = blobs
     store["/source.tar"] = source_tar({"README.md": "words"})
@@ -358,7 +353,6 @@ def test_unselectable_repo_fails_the_build(tmp_path: Path, blobs: tuple[str, dic
     assert "/slug.tgz" not in store and "/result.json" not in store
 
 
-@needs_debian_python
 def test_main_requires_the_build_urls() -> None:
     proc = subprocess.run([str(DEBIAN_PYTHON), str(SLUGBUILDER)], env={}, capture_output=True, text=True, check=False)
     assert proc.returncode == 2
@@ -377,10 +371,9 @@ def find_uv() -> str | None:
 UV = find_uv()
 
 
-@needs_debian_python
-@pytest.mark.skipif(UV is None, reason="uv is not installed")
 def test_python_build_with_uv(tmp_path: Path, blobs: tuple[str, dict[str, bytes]]) -> None:
     """An empty requirements.txt needs no network: the venv, the profile script, the cache round trip."""
+    assert UV is not None, "uv is not installed (make test installs it)"
     url, store = blobs
     store["/source.tar"] = source_tar({"requirements.txt": "", "Procfile": "web: python app.py\n"})
     env = build_env(url, ENCOM_UV=str(UV), HOME=str(tmp_path))
