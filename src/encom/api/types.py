@@ -240,6 +240,8 @@ class JobRun(Wire):
     attach: bool = False  # the job's stdin is kept for an attacher (GET /apps/{app}/jobs/{job}/attach)
     tty: bool = False  # with attach: run the command on a pseudo-terminal
     size: TerminalSize | None = None  # with tty: the initial (rows, cols)
+    # whose limits (memory, cpu, max_fd, max_procs, temp_disk) the job gets: the release's `web` type by default
+    type: str | None = Field(default=None, max_length=63)
 
 
 class RouteCreate(Wire):
@@ -403,6 +405,8 @@ class HostJobSpec(Wire):
     stdin: bool = False  # keep the write end of the job's stdin for an attacher
     tty: bool = False  # run on a pseudo-terminal (the host keeps its master); implies stdin
     size: TerminalSize | None = None  # with tty: the initial (rows, cols)
+    # whose limits (memory, cpu, max_fd, max_procs, temp_disk) the job gets: the release's `web` type by default
+    type: str | None = Field(default=None, max_length=63)
 
 
 HostJobState = Literal["starting", "up", "stopping", "down", "crashed", "failed"]

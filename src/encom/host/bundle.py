@@ -271,6 +271,8 @@ def prepare_rootfs(rootfs: Path) -> None:
     """Mount points and the merged-/usr symlinks; runc makes the rootfs read-only afterwards."""
     for d in ROOTFS_DIRS:
         (rootfs / d).mkdir(parents=True, exist_ok=True)
+    # runc (1.1) gives a tmpfs the mode of the directory it is mounted on, whatever its mode= option says.
+    os.chmod(rootfs / "tmp", 0o1777)
     (rootfs / "encom/bin/uv").touch()
     for name, target in ROOTFS_LINKS.items():
         link = rootfs / name
