@@ -153,6 +153,12 @@ async def test_app_and_tmp_share_one_disk_that_fills_up_without_touching_the_hos
     assert not _loop_devices_of(image)
 
 
+async def test_a_job_whose_disk_the_host_cannot_hold_fails_to_start(cluster: Cluster) -> None:
+    ended, _ = await run_to_end(cluster, cmd="true", resources=Resources(temp_disk=1 << 60))
+    assert ended.state == "failed" and ended.error, ended
+    assert ended.error.startswith("not enough disk on this host for temp_disk "), ended.error
+
+
 async def test_an_adopted_job_keeps_its_disk_and_an_ended_ones_is_removed_at_start(cluster: Cluster) -> None:
     keep = await cluster.host.add_job(spec(cmd="echo kept > /app/mine; sleep 60"))
     lost = await cluster.host.add_job(spec(cmd="sleep 60"))

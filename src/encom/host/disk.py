@@ -7,6 +7,8 @@ to a few milliseconds; `-m 0` gives the job every block (none reserved for root)
 
 Layout: `<job>/disk.img`, mounted at `<job>/disk`, with `app/` (the slug, the job's /app) and `tmp/` (its /tmp).
 When the job ends the filesystem is unmounted and the image deleted: what the job wrote is never walked by root.
+Images are sparse, so a job is admitted only while the host's free disk covers its size plus what the other
+jobs' disks may still grow by: together they can never fill the host's disk.
 """
 
 from __future__ import annotations
@@ -68,10 +70,35 @@ def is_mounted(path: Path, mountinfo: Path = MOUNTINFO) -> bool:
     return False
 
 
+def may_still_grow(jobs_dir: Path, exclude: Path) -> int:
+    """Bytes the disks of this host's jobs (but `exclude`'s) may still take from the host's disk."""
+    total = 0
+    for image in jobs_dir.glob(f"*/{IMAGE}"):
+        if image.parent == exclude:
+            continue
+        with contextlib.suppress(OSError):
+            st = image.stat()
+            total += max(0, st.st_size - st.st_blocks * 512)
+    return total
+
+
+def check_room(job_dir: Path, size: int) -> None:
+    """A DiskError when the host's disk cannot hold this disk besides what the other jobs' disks may still take."""
+    stat = os.statvfs(job_dir)
+    free = stat.f_bavail * stat.f_frsize
+    committed = may_still_grow(job_dir.parent, job_dir)
+    if free - committed < size:
+        raise DiskError(
+            f"not enough disk on this host for temp_disk {size >> 20} MiB: {free >> 20} MiB free, "
+            f"of which the other jobs' disks may still take {committed >> 20} MiB"
+        )
+
+
 def create(job_dir: Path, size: int, uid: int, gid: int) -> Path:
     """Make, mount and lay out the job's disk; returns the mount point. Blocking (a few milliseconds)."""
     image, mount = image_of(job_dir), mount_of(job_dir)
     remove(job_dir)  # a half-made disk of an earlier attempt
+    check_room(job_dir, size)
     try:
         _sparse_image(image, size)
         _run([*MKFS, str(image)])
