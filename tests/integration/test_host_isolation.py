@@ -14,6 +14,7 @@ import pytest
 
 from encom.api.settings import Ports
 from encom.api.types import HostJob, LogLine, Resources
+from encom.host.bundle import BundlePaths
 from tests.integration import test_host
 from tests.integration.roles import free_ports
 from tests.integration.test_host import Cluster, eventually, spec
@@ -116,7 +117,7 @@ async def test_one_app_cannot_touch_another(cluster: Cluster) -> None:
         return any(line.msg == "ready" for line in await cluster.log_lines(b.id))
 
     await eventually(b_ready, "app B to write its file")
-    b_file = cluster.settings.data_dir / "host" / "jobs" / b.id / "app" / "secret.txt"
+    b_file = BundlePaths(cluster.settings.data_dir / "host" / "jobs" / b.id).app / "secret.txt"
     assert b_file.read_text() == "secret\n"
     b_uid = b_file.stat().st_uid
 

@@ -17,7 +17,7 @@ from tests.integration.test_cli import Cluster, add_cluster, controller_cluster,
 
 pytestmark = pytest.mark.integration
 
-DEFAULT_LINE = "cpu=1000 max_fd={fd} max_procs=unlimited memory=1GB temp_disk=100MB"
+DEFAULT_LINE = "cpu=1000 max_fd={fd} max_procs=512 memory=1GB temp_disk=1GB"
 
 
 @pytest.fixture
@@ -55,7 +55,7 @@ def test_limit_set_creates_a_release_with_the_values(cluster: Cluster) -> None:
     assert (web.memory, web.cpu, web.max_fd, web.max_procs) == (536870912, 500, 4096, 256)
     assert latest.processes["worker"].resources.memory == 1 << 30
     assert ok("limit", "-a", "limited", "-t", "web") == (
-        "web: cpu=500 max_fd=4096 max_procs=256 memory=512MB temp_disk=100MB\n"
+        "web: cpu=500 max_fd=4096 max_procs=256 memory=512MB temp_disk=1GB\n"
     )
 
     assert ok("limit", "set", "-a", "limited", "worker", "max_fd=2k", "temp_disk=200MB") == "Created release v3.\n"
@@ -87,6 +87,16 @@ def test_bad_limits_are_refused_and_change_nothing(cluster: Cluster) -> None:
         "limit", "set", "-a", "limited", "web", "cpu=100000000"
     )
     assert fails("limit", "set", "-a", "limited", "web", "cpu=0") == "error: web: cpu 0 is below the minimum of 1\n"
+    assert fails("limit", "set", "-a", "limited", "web", "max_procs=unlimited") == (
+        'error: invalid limit "max_procs=unlimited": "unlimited" is not a whole number (use e.g. 4096 or 12k)\n'
+    )
+    pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
+    assert fails("limit", "set", "-a", "limited", "web", f"max_procs={pid_max + 1}") == (
+        f"error: web: max_procs {pid_max + 1} is above this host's limit of {pid_max}\n"
+    )
+    assert "error: web: temp_disk 1024TB is above this host's limit of " in fails(
+        "limit", "set", "-a", "limited", "web", "temp_disk=1024TB"
+    )
     hard = hard_nofile()
     if hard is not None:
         assert fails("limit", "set", "-a", "limited", "web", f"max_fd={hard + 1}") == (

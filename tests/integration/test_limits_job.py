@@ -1,5 +1,5 @@
 """A whole cluster (as `make up` starts it): push the python-web example, `encom limit set`, and check that the
-new release's job runs inside those limits (its memory cgroup and its open-files rlimit on this host)."""
+new release's job runs inside those limits (its memory and pids cgroups and its open-files rlimit on this host)."""
 
 from __future__ import annotations
 
@@ -50,6 +50,11 @@ def memory_limit(job_id: str) -> int:
     return int((v1 if v1.exists() else path / "memory.max").read_text())
 
 
+def pids_limit(job_id: str) -> int:
+    v1 = Path("/sys/fs/cgroup/pids/encom") / job_id / "pids.max"
+    return int((v1 if v1.exists() else cgroup_dir(job_id) / "pids.max").read_text())
+
+
 def open_files_limits(job_id: str) -> set[str]:
     """`soft hard` of `Max open files` for every process in the job's cgroup."""
     found = set()
@@ -69,12 +74,15 @@ def test_limits_reach_the_job(cluster: Cluster, user: User) -> None:
     first = web_jobs(user, repo, "v1")
     assert len(first) == 1
     assert memory_limit(first[0]) == 1 << 30
+    assert pids_limit(first[0]) == 512
 
-    assert user.encom("limit", "set", "web", "memory=256MB", "max_fd=4096", cwd=repo).out == "Created release v2.\n"
-    assert "web: cpu=1000 max_fd=4096 max_procs=unlimited memory=256MB" in user.encom("limit", cwd=repo).out
+    changed = user.encom("limit", "set", "web", "memory=256MB", "max_fd=4096", "max_procs=300", cwd=repo)
+    assert changed.out == "Created release v2.\n"
+    assert "web: cpu=1000 max_fd=4096 max_procs=300 memory=256MB" in user.encom("limit", cwd=repo).out
     wait_for("a v2 web job", lambda: len(web_jobs(user, repo, "v2")) == 1, 120)
     job = web_jobs(user, repo, "v2")[0]
     assert memory_limit(job) == 268435456
+    assert pids_limit(job) == 300
     assert open_files_limits(job) == {"4096 4096"}
     wait_for("the app to answer again", lambda: curl(cluster.router_port, "limited.encom.localhost")[0] == 200, 60)
 

@@ -52,7 +52,7 @@ def test_release_show(cluster: Cluster) -> None:
     assert shown[3] == "Description: Set A"
     assert "  web: python app.py" in shown and "  worker: python worker.py" in shown
     assert "  A=2" in shown and "  BASE=1" in shown
-    assert "  web: cpu=1000 max_fd=10000 max_procs=unlimited memory=1GB temp_disk=100MB" in shown
+    assert "  web: cpu=1000 max_fd=10000 max_procs=512 memory=1GB temp_disk=1GB" in shown
 
     by_version = ok("release", "show", "-a", "example", "v1").splitlines()
     assert by_version[:2] == ["Version:     v1", f"ID:          {v1.id}"]

@@ -61,7 +61,8 @@ def test_format_round_trips() -> None:
 def test_parse_limits() -> None:
     parsed = parse_limits(["memory=512MB", "cpu=500", "max_fd=12k", "max_procs=256", "temp_disk=1G"])
     assert parsed == {"memory": 536870912, "cpu": 500, "max_fd": 12000, "max_procs": 256, "temp_disk": 1 << 30}
-    assert parse_limits(["max_procs=unlimited"]) == {"max_procs": None}
+    with pytest.raises(CliError, match='invalid limit "max_procs=unlimited": "unlimited" is not a whole number'):
+        parse_limits(["max_procs=unlimited"])  # every job has a process limit
 
 
 @pytest.mark.parametrize(
@@ -74,9 +75,9 @@ def test_parse_limits_names_the_bad_argument(bad: str, said: str) -> None:
 
 
 def test_limit_line() -> None:
-    assert limit_line("web", Resources()) == "web: cpu=1000 max_fd=10000 max_procs=unlimited memory=1GB temp_disk=100MB"
+    assert limit_line("web", Resources()) == "web: cpu=1000 max_fd=10000 max_procs=512 memory=1GB temp_disk=1GB"
     res = Resources(memory=536870912, cpu=500, max_fd=4096, max_procs=256)
-    assert limit_line("web", res) == "web: cpu=500 max_fd=4096 max_procs=256 memory=512MB temp_disk=100MB"
+    assert limit_line("web", res) == "web: cpu=500 max_fd=4096 max_procs=256 memory=512MB temp_disk=1GB"
 
 
 def release(*types: str) -> Release:
@@ -94,8 +95,8 @@ def test_limit_lines_sorted_and_filtered() -> None:
 
 def test_with_limits_changes_one_type_only() -> None:
     r = release("web", "worker")
-    changed = with_limits(r, "web", {"memory": 256 << 20, "max_procs": None})
-    assert changed["web"].resources == Resources(memory=256 << 20)
+    changed = with_limits(r, "web", {"memory": 256 << 20, "max_procs": 100})
+    assert changed["web"].resources == Resources(memory=256 << 20, max_procs=100)
     assert changed["web"].cmd == "run web"
     assert changed["worker"].resources == Resources()
     assert r.processes["web"].resources == Resources()

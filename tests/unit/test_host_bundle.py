@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import resource
 from pathlib import Path
 from typing import Any
 
 from encom.api.types import HostJobSpec, Resources
 from encom.host.bundle import RUNNER, BundleOptions, BundlePaths, build_config, hostname_for, nofile_limit
+from encom.host.seccomp import default_profile
 
 
 def make_spec(**changes: Any) -> HostJobSpec:
@@ -60,10 +62,12 @@ def test_readonly_root_over_the_host_stack() -> None:
     assert mount_at(cfg, "/app") == {
         "destination": "/app",
         "type": "bind",
-        "source": "/jobs/x/app",
+        "source": "/jobs/x/disk/app",
         "options": ["rbind", "nosuid", "nodev", "rw"],
     }
-    assert "size=104857600" in mount_at(cfg, "/tmp")["options"]
+    # /app and /tmp are two directories of the job's one disk (encom.host.disk), never tmpfs (memory)
+    assert mount_at(cfg, "/tmp")["source"] == "/jobs/x/disk/tmp"
+    assert "rw" in mount_at(cfg, "/tmp")["options"]
     assert mount_at(cfg, "/sys")["options"][-1] == "ro"
 
 
@@ -90,18 +94,17 @@ def test_limits() -> None:
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     assert nofile["type"] == "RLIMIT_NOFILE"
     assert nofile["hard"] == nofile["soft"] == (10**6 if hard == resource.RLIM_INFINITY else min(10**6, hard))
-    assert "pids" not in config(make_spec())["linux"]["resources"]
+    assert config(make_spec())["linux"]["resources"]["pids"] == {"limit": 512}
     assert nofile_limit(100) == 100
 
 
-def test_builder_gets_tooling_and_a_bigger_tmp() -> None:
+def test_builder_gets_tooling() -> None:
     build = Path("/src/encom/build")
     uv = Path("/opt/uv")
     cfg = config(make_spec(builder=True), build_dir=build, uv_binary=uv)
     assert mount_at(cfg, "/encom/build")["source"] == str(build)
     assert mount_at(cfg, "/encom/bin/uv")["source"] == str(uv)
     assert "ro" in mount_at(cfg, "/encom/build")["options"]
-    assert "size=2147483648" in mount_at(cfg, "/tmp")["options"]
     plain = config(make_spec(), build_dir=build, uv_binary=uv)
     assert not [m for m in plain["mounts"] if m["destination"].startswith("/encom")]
 
@@ -109,3 +112,66 @@ def test_builder_gets_tooling_and_a_bigger_tmp() -> None:
 def test_hostnames_are_valid() -> None:
     assert hostname_for("Web.1_ABC-def") == "web1abc-def"
     assert hostname_for("---") == "job"
+
+
+def test_every_job_has_the_default_seccomp_profile() -> None:
+    for spec in (make_spec(), make_spec(builder=True), make_spec(tty=True, stdin=True)):
+        profile = config(spec)["linux"]["seccomp"]
+        assert profile["defaultAction"] == "SCMP_ACT_ERRNO"
+        assert profile["defaultErrnoRet"] == errno.EPERM
+        assert profile == default_profile()
+
+
+def test_seccomp_profile_allows_what_programs_need_and_nothing_that_escapes() -> None:
+    profile = default_profile("x86_64")
+    assert profile["architectures"] == ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86"]
+    allowed = {
+        name
+        for rule in profile["syscalls"]
+        if rule["action"] == "SCMP_ACT_ALLOW" and "args" not in rule
+        for name in rule["names"]
+    }
+    assert {"read", "write", "execve", "fork", "socket", "epoll_wait", "statx", "faccessat2", "arch_prctl"} <= allowed
+    refused = {
+        "unshare",
+        "setns",
+        "mount",
+        "umount2",
+        "pivot_root",
+        "bpf",
+        "keyctl",
+        "add_key",
+        "request_key",
+        "io_uring_setup",
+        "io_uring_enter",
+        "io_uring_register",
+        "init_module",
+        "finit_module",
+        "delete_module",
+        "kexec_load",
+        "kexec_file_load",
+        "clock_settime",
+        "settimeofday",
+        "adjtimex",
+        "perf_event_open",
+        "userfaultfd",
+        "open_by_handle_at",
+        "reboot",
+        "swapon",
+        "acct",
+        "quotactl",
+        "syslog",
+        "chroot",
+        "sethostname",
+        "ioperm",
+        "iopl",
+        "fsopen",
+        "move_mount",
+        "clone",
+        "clone3",
+    }
+    assert not refused & allowed
+    (clone,) = [rule for rule in profile["syscalls"] if rule["names"] == ["clone"]]
+    assert clone["args"] == [{"index": 0, "value": 0x7E020000, "valueTwo": 0, "op": "SCMP_CMP_MASKED_EQ"}]
+    (clone3,) = [rule for rule in profile["syscalls"] if rule["names"] == ["clone3"]]
+    assert (clone3["action"], clone3["errnoRet"]) == ("SCMP_ACT_ERRNO", errno.ENOSYS)

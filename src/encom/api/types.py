@@ -35,14 +35,35 @@ class Wire(BaseModel):
 # ---------------------------------------------------------------- controller resources
 
 
+DEFAULT_MAX_PROCS = 512
+DEFAULT_TEMP_DISK = 1 << 30
+# A build's own limits: package managers run many processes and unpack large trees, and /app (source, slug
+# contents) and /tmp (build cache, env) share its disk.
+BUILD_MEMORY = 2 << 30
+BUILD_MAX_PROCS = 1024
+BUILD_TEMP_DISK = 4 << 30
+
+
 class Resources(Wire):
-    """Per-process limits. Units: bytes for memory/temp_disk, milli-CPU for cpu (1000 = one core)."""
+    """Per-process limits. Units: bytes for memory/temp_disk, milli-CPU for cpu (1000 = one core).
+    `max_procs` is the job's pids cgroup limit; `temp_disk` the size of the one filesystem holding its /app and
+    /tmp. Releases stored when max_procs could be unlimited (null) read as the default."""
 
     memory: int = 1 << 30
     cpu: int = 1000
     max_fd: int = 10000
-    max_procs: int | None = None
-    temp_disk: int = 100 << 20
+    max_procs: int = DEFAULT_MAX_PROCS
+    temp_disk: int = DEFAULT_TEMP_DISK
+
+    @field_validator("max_procs", mode="before")
+    @classmethod
+    def _unlimited_is_default(cls, v: object) -> object:
+        return DEFAULT_MAX_PROCS if v is None else v
+
+    @classmethod
+    def for_build(cls) -> Resources:
+        """A build job's limits (cpu and max_fd as any job's)."""
+        return cls(memory=BUILD_MEMORY, max_procs=BUILD_MAX_PROCS, temp_disk=BUILD_TEMP_DISK)
 
 
 class HealthCheck(Wire):
@@ -219,6 +240,8 @@ class JobRun(Wire):
     attach: bool = False  # the job's stdin is kept for an attacher (GET /apps/{app}/jobs/{job}/attach)
     tty: bool = False  # with attach: run the command on a pseudo-terminal
     size: TerminalSize | None = None  # with tty: the initial (rows, cols)
+    # whose limits (memory, cpu, max_fd, max_procs, temp_disk) the job gets: the release's `web` type by default
+    type: str | None = Field(default=None, max_length=63)
 
 
 class RouteCreate(Wire):
@@ -382,6 +405,8 @@ class HostJobSpec(Wire):
     stdin: bool = False  # keep the write end of the job's stdin for an attacher
     tty: bool = False  # run on a pseudo-terminal (the host keeps its master); implies stdin
     size: TerminalSize | None = None  # with tty: the initial (rows, cols)
+    # whose limits (memory, cpu, max_fd, max_procs, temp_disk) the job gets: the release's `web` type by default
+    type: str | None = Field(default=None, max_length=63)
 
 
 HostJobState = Literal["starting", "up", "stopping", "down", "crashed", "failed"]

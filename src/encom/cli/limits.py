@@ -23,7 +23,6 @@ SIZE_FACTORS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 
 SIZE_KEYS = ("memory", "temp_disk")
 COUNT_KEYS = ("cpu", "max_fd", "max_procs")
 LIMIT_KEYS = tuple(sorted(SIZE_KEYS + COUNT_KEYS))
-UNLIMITED = "unlimited"
 
 
 def parse_size(text: str) -> int:
@@ -46,17 +45,15 @@ def parse_count(text: str) -> int:
     return int(match.group(1)) * (1000 if match.group(2) else 1)
 
 
-def parse_limit(key: str, value: str) -> int | None:
+def parse_limit(key: str, value: str) -> int:
     if key not in LIMIT_KEYS:
         raise ValueError(f'unknown limit "{key}" (use {", ".join(LIMIT_KEYS)})')
-    if key == "max_procs" and value.strip().lower() == UNLIMITED:
-        return None
     return parse_size(value) if key in SIZE_KEYS else parse_count(value)
 
 
-def parse_limits(args: tuple[str, ...] | list[str]) -> dict[str, int | None]:
+def parse_limits(args: tuple[str, ...] | list[str]) -> dict[str, int]:
     """`key=value` arguments -> the limits they set; a CliError naming the first bad argument."""
-    result: dict[str, int | None] = {}
+    result: dict[str, int] = {}
     for key, value in parse_assignments(args).items():
         try:
             result[key] = parse_limit(key, value)
@@ -66,7 +63,7 @@ def parse_limits(args: tuple[str, ...] | list[str]) -> dict[str, int | None]:
 
 
 def limit_line(process_type: str, res: Resources) -> str:
-    """`web: cpu=1000 max_fd=10000 max_procs=unlimited memory=1GB temp_disk=100MB`."""
+    """`web: cpu=1000 max_fd=10000 max_procs=512 memory=1GB temp_disk=1GB`."""
     values = res.model_dump()
     return f"{process_type}: " + " ".join(f"{key}={format_limit(key, values[key])}" for key in LIMIT_KEYS)
 
@@ -78,7 +75,7 @@ def limit_lines(release: Release, only: str | None = None) -> list[str]:
     return [limit_line(name, release.processes[name].resources) for name in names]
 
 
-def with_limits(release: Release, process_type: str, changes: dict[str, int | None]) -> dict[str, ProcessType]:
+def with_limits(release: Release, process_type: str, changes: dict[str, int]) -> dict[str, ProcessType]:
     """The release's processes with one type's resources changed."""
     if process_type not in release.processes:
         known = ", ".join(sorted(release.processes)) or "none"
@@ -88,11 +85,11 @@ def with_limits(release: Release, process_type: str, changes: dict[str, int | No
     return {**release.processes, process_type: process.model_copy(update={"resources": resources})}
 
 
-def describe(process_type: str, changes: dict[str, int | None]) -> str:
+def describe(process_type: str, changes: dict[str, int]) -> str:
     return f"Set {process_type} limits " + " ".join(f"{k}={format_limit(k, v)}" for k, v in changes.items())
 
 
-async def set_limits(client: ControllerClient, app: str, process_type: str, changes: dict[str, int | None]) -> Release:
+async def set_limits(client: ControllerClient, app: str, process_type: str, changes: dict[str, int]) -> Release:
     """A copy of the current release with one type's limits changed, deployed (counts carried over)."""
 
     def change(current: Release) -> ReleaseCreate:

@@ -34,9 +34,11 @@ def exit_code(job: Ended) -> int:
     return 1
 
 
-async def run_attached(client: ControllerClient, app: str, args: list[str], tty: bool) -> AttachExit:
+async def run_attached(
+    client: ControllerClient, app: str, args: list[str], tty: bool, process_type: str | None = None
+) -> AttachExit:
     size = terminal_size() if tty else None
-    job = await client.run_job(app, args, attach=True, tty=tty, size=size)
+    job = await client.run_job(app, args, attach=True, tty=tty, size=size, process_type=process_type)
     async with client.attach_job(app, job.id) as conn:
         with raw_mode(sys.stdin.fileno(), tty):
             result = await Session(conn, tty).run()
@@ -50,19 +52,21 @@ async def run_attached(client: ControllerClient, app: str, args: list[str], tty:
 )  # everything after the command name is the command's, options included
 @app_options
 @click.option("-d", "--detach", is_flag=True, help="run in the background; the output goes to the log")
+@click.option("-t", "--type", "process_type", help="run with this process type's limits (default: web's)")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-def run(detach: bool, command: tuple[str, ...]) -> None:
-    """Run a command in a one-off job from the current release, with the app's env.
+def run(detach: bool, process_type: str | None, command: tuple[str, ...]) -> None:
+    """Run a command in a one-off job from the current release, with the app's env and its web type's limits
+    (memory, cpu, max_fd, max_procs, temp_disk; another type's with --type, see `encom limit`).
 
     The job is attached: your stdin is its stdin, its stdout and stderr are yours, and on a terminal it gets one
     too (`encom run bash`). Ctrl-C interrupts it (twice: kills it); the exit status is the job's."""
     target = current_target()
     if detach:
-        job = call(target.cluster, lambda c: c.run_job(target.app, list(command)))
+        job = call(target.cluster, lambda c: c.run_job(target.app, list(command), process_type=process_type))
         click.echo(f"Running `{' '.join(command)}` as job {job.id}; its output goes to `encom log`.")
         return
     tty = sys.stdin.isatty() and sys.stdout.isatty()
-    result = call(target.cluster, lambda c: run_attached(c, target.app, list(command), tty))
+    result = call(target.cluster, lambda c: run_attached(c, target.app, list(command), tty, process_type))
     if result.state == "failed":
         click.echo(f"error: the job could not start: {result.error or 'unknown error'}", err=True)
     sys.exit(exit_code(result))

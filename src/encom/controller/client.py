@@ -233,9 +233,15 @@ class ControllerClient(ApiClient):
         return await self.get_list(Job, f"/apps/{app}/jobs", params=params)
 
     async def run_job(
-        self, app: str, args: list[str], attach: bool = False, tty: bool = False, size: tuple[int, int] | None = None
+        self,
+        app: str,
+        args: list[str],
+        attach: bool = False,
+        tty: bool = False,
+        size: tuple[int, int] | None = None,
+        process_type: str | None = None,
     ) -> Job:
-        body = JobRun(args=args, attach=attach, tty=tty, size=size)
+        body = JobRun(args=args, attach=attach, tty=tty, size=size, type=process_type)
         return await self.send_model("POST", Job, f"/apps/{app}/jobs", body)
 
     def attach_job(self, app: str, job: str) -> AbstractAsyncContextManager[ClientConnection]:

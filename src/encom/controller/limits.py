@@ -1,7 +1,8 @@
 """Checking a release's per-process resource limits against what this host can give.
 
 Each process type's `Resources` must fit the machine: memory within its total memory, cpu within its cores
-(1000 per core), max_fd within the hard RLIMIT_NOFILE, temp_disk within the data dir's free disk. A default
+(1000 per core), max_fd within the hard RLIMIT_NOFILE, max_procs within the kernel's pid_max, temp_disk within the
+data dir's free disk. A default
 value the host cannot give (e.g. max_fd 10000 with a hard limit of 4096) is lowered to the host's limit instead
 of rejected, so a plain push always works; an explicit value that does not fit is a 400 naming the limit.
 """
@@ -19,6 +20,7 @@ from encom.api.types import ProcessType, ReleaseCreate, Resources
 MIN_MEMORY = 4 << 20
 MIN_TEMP_DISK = 1 << 20
 MEMINFO = Path("/proc/meminfo")
+PID_MAX = Path("/proc/sys/kernel/pid_max")
 SIZE_UNITS = (("TB", 1 << 40), ("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10))
 SIZE_LIMITS = frozenset({"memory", "temp_disk"})
 DEFAULTS = Resources()
@@ -31,6 +33,7 @@ class HostLimits:
     memory: int
     cpu: int
     max_fd: int | None
+    max_procs: int
     temp_disk: int
 
 
@@ -46,7 +49,7 @@ def format_size(n: int) -> str:
 
 def format_limit(name: str, value: int | None) -> str:
     if value is None:
-        return "unlimited"
+        return "unlimited"  # max_fd's bound on a host without a hard RLIMIT_NOFILE
     return format_size(value) if name in SIZE_LIMITS and value >= 0 else str(value)
 
 
@@ -64,12 +67,18 @@ def hard_nofile() -> int | None:
     return None if hard == resource.RLIM_INFINITY else hard
 
 
+def pid_max(path: Path = PID_MAX) -> int:
+    """The kernel's highest pid (+1): no job can have more processes than that."""
+    return int(path.read_text().strip())
+
+
 def host_limits(data_dir: Path) -> HostLimits:
     stat = os.statvfs(data_dir)
     return HostLimits(
         memory=total_memory(),
         cpu=(os.cpu_count() or 1) * 1000,
         max_fd=hard_nofile(),
+        max_procs=pid_max(),
         temp_disk=stat.f_bavail * stat.f_frsize,
     )
 
@@ -80,7 +89,7 @@ def _bounds(host: HostLimits) -> dict[str, tuple[int, int | None]]:
         "memory": (MIN_MEMORY, host.memory),
         "cpu": (1, host.cpu),
         "max_fd": (1, host.max_fd),
-        "max_procs": (1, None),
+        "max_procs": (1, host.max_procs),
         "temp_disk": (MIN_TEMP_DISK, host.temp_disk),
     }
 
@@ -107,10 +116,7 @@ def checked_resources(process_type: str, res: Resources, host: HostLimits) -> Re
     """`res` with unattainable defaults lowered to the host's limits; a ValidationError when a limit is out of range."""
     values = res.model_dump()
     for name, bounds in _bounds(host).items():
-        value = values[name]
-        if value is None:
-            continue
-        values[name] = _capped_default(name, value, bounds[1])
+        values[name] = _capped_default(name, values[name], bounds[1])
         _check_one(process_type, name, values[name], bounds)
     return Resources.model_validate(values)
 

@@ -1,8 +1,9 @@
 """One-off jobs (`encom run`) and killing jobs (`encom kill`): the controller asks a host directly.
 
-A one-off job runs the given command in a container from the app's current release with its env, recorded
-as a job of type "" at once; the scheduler reports its later states like any job's. Killing asks the job's
-host to stop it; the scheduler replaces a formation job that ended without it asking, not a one-off.
+A one-off job runs the given command in a container from the app's current release with its env and the limits
+of one of its process types (`web` unless the request names another; encom's defaults when the release has no
+web type), recorded as a job of type "" at once; the scheduler reports its later states like any job's. Killing
+asks the job's host to stop it; the scheduler replaces a formation job that ended without it asking, not a one-off.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import shlex
 from encom.api.errors import ApiError, Conflict, NotFound, ValidationError
 from encom.api.jobspec import command_spec, controller_job
 from encom.api.settings import Settings
-from encom.api.types import ACTIVE_JOB_STATES, App, Artifact, Job, JobRun, Release
+from encom.api.types import ACTIVE_JOB_STATES, App, Artifact, Job, JobRun, Release, Resources
 from encom.controller import apps, convert, jobs
 from encom.controller.db import Database
 from encom.controller.models import ArtifactRow, JobRow, ReleaseRow
@@ -22,6 +23,7 @@ from encom.discoverd.client import HOST_SERVICE, DiscoverdClient
 from encom.host.client import HostClient, pick_host
 
 MIN_PREFIX = 6  # a job may be named by a unique prefix of its id this long
+LIMITS_TYPE = "web"  # whose limits a one-off job gets unless it names a type
 
 
 def _current(db: Database, ref: str) -> tuple[App, Release, Artifact | None]:
@@ -40,11 +42,25 @@ def _record(db: Database, job: Job) -> Job:
         return jobs.put(s, job.id, job)
 
 
+def one_off_resources(release: Release, process_type: str | None) -> Resources:
+    """The limits of `process_type` in the release (by default the web type's, or encom's defaults without one)."""
+    if process_type is None:
+        web = release.processes.get(LIMITS_TYPE)
+        return web.resources if web is not None else Resources()
+    process = release.processes.get(process_type)
+    if process is None:
+        known = ", ".join(sorted(release.processes)) or "none"
+        raise ValidationError(f'no process type "{process_type}" in the current release (types: {known})')
+    return process.resources
+
+
 async def run(settings: Settings, db: Database, ref: str, body: JobRun) -> Job:
     if not body.args or not body.args[0]:
         raise ValidationError("run needs a command")
     app, release, artifact = await asyncio.to_thread(_current, db, ref)
+    resources = one_off_resources(release, body.type)
     spec = command_spec(app, release, artifact, shlex.join(body.args), f"run.{random.randint(1000, 9999)}")
+    spec = spec.model_copy(update={"resources": resources})
     if body.attach:
         spec = spec.model_copy(update={"stdin": True, "tty": body.tty, "size": body.size if body.tty else None})
     async with DiscoverdClient(settings.discoverd_url, settings.internal_secret) as discoverd:

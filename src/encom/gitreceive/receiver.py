@@ -252,7 +252,7 @@ class Receiver:
             release_id=previous.id if previous else "",
             args=list(SLUGBUILDER_ARGS),
             env=build_env(urls, self.commit, previous.env if previous else {}),
-            resources=Resources(memory=BUILD_MEMORY, temp_disk=BUILD_TEMP_DISK),
+            resources=Resources.for_build(),
             builder=True,
             stop_grace=5.0,
         )

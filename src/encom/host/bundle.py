@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from encom.api.types import HostJobSpec
+from encom.host.disk import MOUNT as DISK_DIR
+from encom.host.seccomp import default_profile
 
 # Sources every /app/.profile.d/*.sh, then runs the Procfile command ($1) through bash, as Heroku does. The command
 # runs as a child rather than exec'd: PID 1 of a PID namespace ignores signals it has no handler for, so SIGTERM
@@ -54,7 +56,6 @@ DEFAULT_PATH = ":".join(
     )
 )
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
-BUILD_TMP_SIZE = 2 << 30
 ROOTFS_LINKS = {"bin": "usr/bin", "lib": "usr/lib", "lib64": "usr/lib64", "sbin": "usr/sbin"}
 ROOTFS_DIRS = ("usr", "etc", "proc", "dev", "sys", "tmp", "app", "encom/build", "encom/bin")
 # Jobs run as their app's own non-root uid and need no capability: web ports are high (jobs share the host's
@@ -92,8 +93,17 @@ class BundlePaths:
         return self.dir / "rootfs"
 
     @property
+    def disk(self) -> Path:
+        """The job's own filesystem (see encom.host.disk), or a plain directory when it has none."""
+        return self.dir / DISK_DIR
+
+    @property
     def app(self) -> Path:
-        return self.dir / "app"
+        return self.disk / "app"
+
+    @property
+    def tmp(self) -> Path:
+        return self.disk / "tmp"
 
     @property
     def hosts(self) -> Path:
@@ -162,7 +172,6 @@ def _bind(source: Path | str, dest: str, readonly: bool = True) -> dict[str, Any
 
 
 def mounts(spec: HostJobSpec, paths: BundlePaths, opts: BundleOptions) -> list[dict[str, Any]]:
-    tmp_size = max(spec.resources.temp_disk, BUILD_TMP_SIZE) if spec.builder else spec.resources.temp_disk
     result: list[dict[str, Any]] = [
         {"destination": "/proc", "type": "proc", "source": "proc"},
         {
@@ -195,13 +204,9 @@ def mounts(spec: HostJobSpec, paths: BundlePaths, opts: BundleOptions) -> list[d
         _bind("/etc", "/etc"),
         _bind(paths.hosts, "/etc/hosts"),
         _bind(paths.resolv, "/etc/resolv.conf"),
-        {
-            "destination": "/tmp",
-            "type": "tmpfs",
-            "source": "tmpfs",
-            "options": ["nosuid", "nodev", "mode=1777", f"size={tmp_size}"],
-        },
+        # /app and /tmp: two directories of the job's one size-limited filesystem
         _bind(paths.app, "/app", readonly=False),
+        _bind(paths.tmp, "/tmp", readonly=False),
     ]
     if spec.builder and opts.build_dir is not None:
         result.append(_bind(opts.build_dir, "/encom/build"))
@@ -212,14 +217,12 @@ def mounts(spec: HostJobSpec, paths: BundlePaths, opts: BundleOptions) -> list[d
 
 def linux_resources(spec: HostJobSpec) -> dict[str, Any]:
     res = spec.resources
-    result: dict[str, Any] = {
+    return {
         "devices": [{"allow": False, "access": "rwm"}],
         "memory": {"limit": res.memory},
         "cpu": {"shares": max(2, res.cpu * 1024 // 1000)},
+        "pids": {"limit": res.max_procs},
     }
-    if res.max_procs is not None:
-        result["pids"] = {"limit": res.max_procs}
-    return result
 
 
 def build_config(spec: HostJobSpec, paths: BundlePaths, opts: BundleOptions) -> dict[str, Any]:
@@ -248,6 +251,7 @@ def build_config(spec: HostJobSpec, paths: BundlePaths, opts: BundleOptions) -> 
             "namespaces": [{"type": t} for t in ("pid", "mount", "uts", "ipc")],
             "maskedPaths": list(MASKED_PATHS),
             "readonlyPaths": list(READONLY_PATHS),
+            "seccomp": default_profile(),
         },
     }
     if spec.tty and spec.size is not None:
@@ -279,12 +283,14 @@ def prepare_rootfs(rootfs: Path) -> None:
 def write_bundle(spec: HostJobSpec, paths: BundlePaths, opts: BundleOptions) -> None:
     """Write config.json, the rootfs skeleton, /etc/hosts and /etc/resolv.conf of a job (blocking I/O)."""
     paths.dir.mkdir(parents=True, exist_ok=True)
-    paths.app.mkdir(exist_ok=True)
-    # The job's /app is its uid's alone (an empty one too: builds write there); the bundle is root's alone, so no
-    # other app's uid could reach this job's files even from a path on the host.
-    os.chown(paths.app, opts.uid, opts.gid)
-    os.chmod(paths.app, 0o700)
     os.chmod(paths.dir, 0o700)
+    paths.app.mkdir(parents=True, exist_ok=True)
+    paths.tmp.mkdir(exist_ok=True)
+    # The job's /app and /tmp are its uid's alone (an empty /app too: builds write there); the bundle is root's
+    # alone, so no other app's uid could reach this job's files even from a path on the host.
+    for path, mode in ((paths.app, 0o700), (paths.tmp, 0o1777)):
+        os.chown(path, opts.uid, opts.gid)
+        os.chmod(path, mode)
     prepare_rootfs(paths.rootfs)
     paths.hosts.write_text(hosts_file(hostname_for(spec.id)))
     resolv = Path("/etc/resolv.conf")

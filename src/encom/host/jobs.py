@@ -16,7 +16,7 @@ from pydantic import ValidationError as PydanticValidationError
 from encom.api.aio import wait_for
 from encom.api.errors import Conflict, NotFound, ValidationError
 from encom.api.types import RUNNING_HOST_STATES, HostJob, HostJobSpec, LogLine, utcnow
-from encom.host import process
+from encom.host import disk, process
 from encom.host.bundle import JOB_ID_RE
 from encom.host.logs import JobLog, Kept, Pulse, follow_many, logs_to_drop, merged_tail
 from encom.host.runner import RECORD, HostDeps, JobRunner
@@ -179,7 +179,16 @@ class JobManager:
             log.warning("removing container %s: no job record", orphan)
             await self.deps.runc.kill(orphan, "KILL")
             await self.deps.runc.delete(orphan)
+        await asyncio.to_thread(self._remove_ended_disks)
         self._prune_history()
+
+    def _remove_ended_disks(self) -> None:
+        """Disks left mounted by jobs that ended while no encomd (or a crashed one) was watching; a running job
+        adopted above keeps its own."""
+        for runner in self.runners.values():
+            if runner.ended.is_set() and disk.has_disk(runner.paths.dir):
+                log.info("removing the disk of ended job %s", runner.id)
+                disk.remove(runner.paths.dir)
 
     def _prune_history(self) -> None:
         """Ended jobs (record and log) go by each app's retention rule (see `logs_to_drop`), so one busy app
@@ -192,6 +201,7 @@ class JobManager:
         for app_logs in by_app.values():
             for job_id in logs_to_drop(app_logs):
                 runner = self.runners.pop(job_id)
+                disk.remove(runner.paths.dir)  # never walk into a job's filesystem
                 shutil.rmtree(runner.paths.dir, ignore_errors=True)
 
 

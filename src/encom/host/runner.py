@@ -24,7 +24,7 @@ from encom.api.types import (
     utcnow,
 )
 from encom.discoverd.client import DiscoverdClient
-from encom.host import drain, process, slugs
+from encom.host import disk, drain, process, slugs
 from encom.host.attach import ConsoleSocket, JobInput, TtyPump, set_size, start_tty
 from encom.host.bundle import BundleOptions, BundlePaths, write_bundle
 from encom.host.events import EventHub
@@ -266,6 +266,7 @@ class JobRunner:
     async def _prepare(self) -> None:
         spec = self.job.spec
         uid, gid = self.deps.ids_for(spec.app_id)
+        await asyncio.to_thread(disk.create, self.paths.dir, spec.resources.temp_disk, uid, gid)
         if spec.artifact_url:
             tarball = await self.deps.slugs.fetch(spec.artifact_url)
             await asyncio.to_thread(slugs.extract, tarball, self.paths.app, uid, gid)
@@ -431,8 +432,10 @@ class JobRunner:
         return None
 
     def _remove_files(self) -> None:
-        """An ended job keeps its record and logs; its slug copy and rootfs go."""
-        shutil.rmtree(self.paths.app, ignore_errors=True)
+        """An ended job keeps its record and logs; its disk (slug copy, /tmp) and rootfs go."""
+        disk.remove(self.paths.dir)
+        if not disk.is_mounted(self.paths.disk):
+            shutil.rmtree(self.paths.disk, ignore_errors=True)
         shutil.rmtree(self.paths.rootfs, ignore_errors=True)
         if self.job.spec.stdin or self.job.spec.tty:
             return  # an attacher may not have read them yet (they go with the job's directory)
