@@ -19,9 +19,10 @@ from __future__ import annotations
 import os
 import stat
 import tarfile
-from collections import OrderedDict
-from dataclasses import dataclass, field
-from typing import IO
+
+TYPE_CHECKING = False  # what typing.TYPE_CHECKING is, without importing typing (mypy takes the name as true)
+if TYPE_CHECKING:
+    from typing import BinaryIO
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -33,13 +34,10 @@ class ArchiveError(Exception):
     """The archive was refused (it tries to leave its directory, or is malformed) or could not be unpacked."""
 
 
-@dataclass
 class Report:
-    files: int = 0
-    dirs: int = 0
-    links: int = 0
-    bytes: int = 0
-    skipped: list[str] = field(default_factory=list)  # devices and FIFOs
+    def __init__(self) -> None:
+        self.files = self.dirs = self.links = self.bytes = 0
+        self.skipped: list[str] = []  # devices and FIFOs
 
 
 def member_parts(name: str) -> tuple[str, ...]:
@@ -63,7 +61,7 @@ class Extractor:
         self.root_fd = root_fd
         self.max_bytes = max_bytes
         self.report = Report()
-        self.dirs: OrderedDict[tuple[str, ...], int] = OrderedDict()
+        self.dirs: dict[tuple[str, ...], int] = {}  # in use order, most recent last
 
     def close(self) -> None:
         for fd in self.dirs.values():
@@ -74,9 +72,9 @@ class Extractor:
         """An fd of the directory at `parts`, made (0700) where missing; a symlink or file on the way is refused."""
         if not parts:
             return self.root_fd
-        fd = self.dirs.get(parts)
+        fd = self.dirs.pop(parts, None)
         if fd is not None:
-            self.dirs.move_to_end(parts)
+            self.dirs[parts] = fd
             return fd
         parent = self.directory(parts[:-1], member)
         name = parts[-1]
@@ -91,7 +89,7 @@ class Extractor:
             raise ArchiveError(f"archive member below a link or file: {member!r}") from exc
         self.dirs[parts] = fd
         if len(self.dirs) > OPEN_DIRS:  # the oldest is never the parent just used: that one is second newest
-            os.close(self.dirs.popitem(last=False)[1])
+            os.close(self.dirs.pop(next(iter(self.dirs))))
         return fd
 
     def pinned_directory(self, parts: tuple[str, ...], member: str) -> int:
@@ -173,7 +171,7 @@ class Extractor:
         self.report.bytes += member.size
 
 
-def extract(source: IO[bytes], root_fd: int, max_bytes: int | None = None) -> Report:
+def extract(source: BinaryIO, root_fd: int, max_bytes: int | None = None) -> Report:
     """Unpack the tar (optionally compressed) read from `source` into the directory `root_fd`."""
     extractor = Extractor(root_fd, max_bytes)
     try:
