@@ -151,7 +151,8 @@ class Extractor:
 
     def write_file(self, tar: tarfile.TarFile, member: tarfile.TarInfo, parent: int, name: str) -> None:
         if self.max_bytes is not None and self.report.bytes + member.size > self.max_bytes:
-            raise ArchiveError(f"archive unpacks to more than {self.max_bytes} bytes")
+            limit = f"{self.max_bytes >> 20} MiB" if self.max_bytes >= 1 << 20 else f"{self.max_bytes} bytes"
+            raise ArchiveError(f"archive unpacks to more than {limit} (the job's disk)")
         source = tar.extractfile(member)
         assert source is not None  # a regular file always has contents
         fd = os.open(name, FILE_FLAGS, 0o600, dir_fd=parent)
