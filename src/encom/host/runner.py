@@ -34,6 +34,7 @@ from encom.host.ports import PortAllocator
 from encom.host.registry import Registration
 from encom.host.runtime import Runc, RuncError
 from encom.host.uids import UidAllocator
+from encom.host.unpack import UnpackError
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +181,7 @@ class JobRunner:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bad slug, a full disk, runc refusing the bundle: the job could not start
-            if not isinstance(exc, RuncError):
+            if not isinstance(exc, RuncError | UnpackError):  # those say why in the job's error; others are bugs
                 log.exception("job %s could not start", self.id)
             await self.deps.runc.delete(self.id)
             self.failure = str(exc) or type(exc).__name__
