@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
 import pytest
 
+from encom.api.settings import Settings
 from encom.api.types import ProcessType, Release, Resources
+from encom.blobstore.client import blob_signature
+from encom.bootstrap.tls import ensure_tls
 from encom.gitreceive.receiver import (
     ZERO_SHA,
     PushFailed,
+    Receiver,
     RefUpdate,
     build_env,
     deploy_update,
@@ -87,3 +94,26 @@ def test_build_vars_win_over_release_env() -> None:
     env = build_env({"SLUG_URL": "signed"}, "abc", {"SLUG_URL": "mine", "GREETING": "hi"})
     assert env["SLUG_URL"] == "signed" and env["GREETING"] == "hi" and env["SOURCE_VERSION"] == "abc"
     assert env["ENCOM_ENV_KEYS"] == "SLUG_URL,GREETING"
+
+
+async def test_a_build_gets_no_write_credential(tmp_path: Path) -> None:
+    """Only signed GETs of the app's own source and cache; the outputs go to the app's own paths, by the host."""
+    settings = Settings(data_dir=tmp_path)
+    ensure_tls(settings)
+    receiver = Receiver(settings, "app-1", "myapp", "abc123")
+    try:
+        spec = receiver.job_spec(None)
+    finally:
+        await receiver.aclose()
+    urls = {key: urlsplit(value) for key, value in spec.env.items() if "://" in value}
+    assert sorted(urls) == ["CACHE_URL", "SOURCE_URL"]
+    for url in urls.values():
+        query = parse_qs(url.query)
+        signature = blob_signature(settings.internal_secret, "GET", url.path, int(query["exp"][0]))
+        assert query["sig"] == [signature]  # a GET, and nothing else
+    build = receiver.paths.build_id
+    assert spec.builder and spec.outputs == {
+        "slug": f"slugs/app-1/{build}.tgz",
+        "cache": "caches/app-1.tar",
+        "result": f"builds/app-1/{build}.json",
+    }

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 APP_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 APP_NAME_RULE = (
@@ -407,6 +408,32 @@ class HostJobSpec(Wire):
     size: TerminalSize | None = None  # with tty: the initial (rows, cols)
     # whose limits (memory, cpu, max_fd, max_procs, temp_disk) the job gets: the release's `web` type by default
     type: str | None = Field(default=None, max_length=63)
+    # A build's outputs (output name -> blob path), uploaded by the host from the build's /encom/out once the build
+    # has ended: builds get no write credential. Names and paths: see BUILD_OUTPUT_PATHS.
+    outputs: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check_outputs(self) -> HostJobSpec:
+        if self.outputs and not self.builder:
+            raise ValueError("only build jobs have outputs")
+        for name, path in self.outputs.items():
+            if name not in BUILD_OUTPUT_PATHS:
+                raise ValueError(f"unknown build output {name!r} (known: {', '.join(BUILD_OUTPUT_PATHS)})")
+            if not BUILD_OUTPUT_PATHS[name](self.app_id).fullmatch(path):
+                raise ValueError(f"build output {name!r} must go to the app's own {name} path, not {path!r}")
+        return self
+
+
+def _own_path(template: str) -> Callable[[str], re.Pattern[str]]:
+    return lambda app_id: re.compile(template.format(app=re.escape(app_id), id=r"[A-Za-z0-9_-]{1,64}"))
+
+
+# The blob paths a build's outputs may be stored at: only under the app's own prefixes.
+BUILD_OUTPUT_PATHS: dict[str, Callable[[str], re.Pattern[str]]] = {
+    "slug": _own_path("slugs/{app}/{id}\\.tgz"),
+    "cache": _own_path("caches/{app}\\.tar"),
+    "result": _own_path("builds/{app}/{id}\\.json"),
+}
 
 
 HostJobState = Literal["starting", "up", "stopping", "down", "crashed", "failed"]

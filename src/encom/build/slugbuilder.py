@@ -1,14 +1,15 @@
 #!/usr/bin/python3
 """The slugbuilder: runs INSIDE a build container with the host stack's /usr/bin/python3 (stdlib only).
 
-Environment (set by gitreceive): SOURCE_URL (tar of the commit), SLUG_URL (PUT target of the slug .tgz),
-CACHE_URL / CACHE_PUT_URL (the app's build cache, GET may 404), RESULT_URL (PUT target of the result JSON),
-SOURCE_VERSION (commit sha), ENCOM_ENV_KEYS (comma-separated names of the release env vars, which are also in
-the environment), optionally BUILDPACK_URL.
+Environment (set by gitreceive): SOURCE_URL (signed GET of the tar of the commit), CACHE_URL (signed GET of the app's
+build cache, may 404), SOURCE_VERSION (commit sha), ENCOM_ENV_KEYS (comma-separated names of the release env vars,
+which are also in the environment), optionally BUILDPACK_URL. No URL lets the build write anything.
 
 Steps: download and safely extract the source into /app, restore the cache into /tmp/cache, pick the buildpacks,
-run `bin/compile /app /tmp/cache /tmp/env`, read `bin/release`, tar.gz /app to SLUG_URL, save the cache, PUT
-`{"processes": {type: command}, "buildpack": name}` to RESULT_URL. Exit 1 with a message on any failure.
+run `bin/compile /app /tmp/cache /tmp/env`, read `bin/release`, then write the outputs into /encom/out: `slug.tgz`
+(tar.gz of /app), `cache.tar` (only when the cache changed) and `result.json` (`{"processes": {type: command},
+"buildpack": name, ...}`). The host uploads them after the build has ended (encom.host.outputs). Exit 1 with a
+message on any failure.
 """
 
 from __future__ import annotations
@@ -19,12 +20,16 @@ import re
 import shutil
 import subprocess
 import sys
-import tarfile
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+
+try:
+    from encom.build import untar
+except ImportError:  # run as /encom/build/slugbuilder.py in a build container: untar.py is beside it
+    import untar  # type: ignore[no-redef,import-not-found]
 
 BUILDPACKS_DIR = Path(__file__).resolve().parent / "buildpacks"
 BUILTIN_ORDER = ("python", "nodejs", "static", "procfile")
@@ -34,7 +39,8 @@ PROCFILE_LINE = re.compile(r"^([A-Za-z0-9_-]+):\s*(.+)$")
 MAX_PROCFILE_BYTES = 64 << 10
 HTTP_TIMEOUT = 300.0
 # Variables that describe the build itself; never written to the env dir.
-BUILD_VARS = ("SOURCE_URL", "SLUG_URL", "CACHE_URL", "CACHE_PUT_URL", "RESULT_URL", "ENCOM_ENV_KEYS")
+BUILD_VARS = ("SOURCE_URL", "CACHE_URL", "ENCOM_ENV_KEYS")
+OUTPUT_DIR = Path("/encom/out")  # collected by the host once the build has ended
 
 
 class BuildError(Exception):
@@ -55,6 +61,7 @@ class Layout:
     env: Path = Path("/tmp/env")
     work: Path = Path("/tmp/build")
     buildpacks: Path = BUILDPACKS_DIR
+    out: Path = OUTPUT_DIR
 
 
 @dataclass
@@ -97,111 +104,25 @@ def download(url: str, dest: Path) -> bool:
     return True
 
 
-def upload(url: str, data: Path | bytes, content_type: str = "application/octet-stream") -> None:
+# ---------------------------------------------------------------- outputs
+
+
+def output_file(path: Path) -> int:
+    """A new file for an output, opened for writing. Build code runs as this same uid and may have left anything at
+    that name: it is removed, and the new file is created without following links."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+
+
+def safe_extract(tar_path: Path, dest: Path) -> None:
+    """Extract a hostile tarball into dest (see untar: nothing is written through a link)."""
     try:
-        if isinstance(data, bytes):
-            _put(url, data, len(data), content_type)
-        else:
-            with open(data, "rb") as body:
-                _put(url, body, data.stat().st_size, content_type)
-    except urllib.error.HTTPError as exc:
-        raise BuildError(f"upload failed: HTTP {exc.code}") from exc
-    except (urllib.error.URLError, OSError) as exc:
-        raise BuildError(f"upload failed: {exc}") from exc
-
-
-def _put(url: str, body: object, size: int, content_type: str) -> None:
-    headers = {"Content-Type": content_type, "Content-Length": str(size)}
-    request = urllib.request.Request(url, data=body, method="PUT", headers=headers)  # type: ignore[arg-type]
-    with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT) as response:
-        response.read()
-
-
-# ---------------------------------------------------------------- safe extraction
-
-
-class UnsafeMember(BuildError):
-    pass
-
-
-def _inside(dest: Path, relative: PurePosixPath) -> bool:
-    target = os.path.normpath(os.path.join(dest, *relative.parts)) if relative.parts else str(dest)
-    return target == str(dest) or target.startswith(str(dest) + os.sep)
-
-
-def check_member(member: tarfile.TarInfo, dest: Path) -> None:
-    """Refuse what the "data" extraction filter refuses: absolute or escaping paths and links, devices, FIFOs."""
-    name = PurePosixPath(member.name)
-    if name.is_absolute() or ".." in name.parts or not _inside(dest, name):
-        raise UnsafeMember(f"unsafe path in archive: {member.name!r}")
-    if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
-        raise UnsafeMember(f"special file in archive: {member.name!r}")
-    if member.issym():
-        link = PurePosixPath(member.linkname)
-        if link.is_absolute() or not _inside(dest, name.parent / link):
-            raise UnsafeMember(f"symlink leaving the directory: {member.name!r} -> {member.linkname!r}")
-    if member.islnk():
-        link = PurePosixPath(member.linkname)
-        if link.is_absolute() or ".." in link.parts or not _inside(dest, link):
-            raise UnsafeMember(f"hard link leaving the directory: {member.name!r} -> {member.linkname!r}")
-
-
-def _sanitized(member: tarfile.TarInfo) -> tarfile.TarInfo:
-    """No owner, no setuid/setgid/sticky bits, no group/other write (what the "data" filter does)."""
-    member.uid = member.gid = 0
-    member.uname = member.gname = ""
-    if member.isfile() or member.isdir():
-        member.mode &= 0o755
-        if member.isdir():
-            member.mode |= 0o700
-        else:
-            member.mode |= 0o600
-    return member
-
-
-def safe_members(archive: tarfile.TarFile, dest: Path, skip_unsafe: bool) -> Iterator[tarfile.TarInfo]:
-    for member in archive:
-        try:
-            check_member(member, dest)
-        except UnsafeMember:
-            if not skip_unsafe:
-                raise
-            continue
-        yield _sanitized(member)
-
-
-def safe_extract(tar_path: Path, dest: Path, skip_unsafe: bool = False) -> None:
-    """Extract a hostile tarball into dest: unsafe members fail the build (or are skipped, for caches)."""
-    dest = dest.resolve()
-    dest.mkdir(parents=True, exist_ok=True)
-    try:
-        with tarfile.open(tar_path, "r:*") as archive:
-            for member in safe_members(archive, dest, skip_unsafe):
-                name = PurePosixPath(os.path.normpath(member.name))
-                if name == PurePosixPath("."):
-                    continue  # the archive's root ("./", as `tar -C dir .` writes it) is dest itself
-                _prepare_target(dest, name)
-                _extract_one(archive, member, dest)
-    except (tarfile.TarError, EOFError) as exc:
-        raise BuildError(f"invalid archive: {exc}") from exc
-
-
-def _prepare_target(dest: Path, name: PurePosixPath) -> None:
-    """Symlinks extracted earlier must not redirect this member: its parent must really be inside dest, and an
-    existing symlink at its own path is replaced rather than written through."""
-    target = dest.joinpath(*name.parts) if name.parts else dest
-    parent = os.path.realpath(target.parent)
-    if parent != str(dest) and not parent.startswith(str(dest) + os.sep):
-        raise UnsafeMember(f"archive member below a symlink: {str(name)!r}")
-    if target != dest and target.is_symlink():
-        target.unlink()
-
-
-def _extract_one(archive: tarfile.TarFile, member: tarfile.TarInfo, dest: Path) -> None:
-    if hasattr(tarfile, "data_filter"):
-        archive.extract(member, dest, set_attrs=True, filter="data")
-    else:  # Debian 12's Python 3.11.2 predates extraction filters; check_member did the same checks.
-        archive.extract(member, dest, set_attrs=True)
+        untar.extract_into(str(tar_path), str(dest))
+    except untar.ArchiveError as exc:
+        raise BuildError(str(exc)) from None
 
 
 # ---------------------------------------------------------------- Procfile and buildpacks
@@ -381,12 +302,24 @@ def apply_slugignore(app: Path) -> None:
 # ---------------------------------------------------------------- slug and cache
 
 
+def tar_into(directory: Path, out: Path, compress: bool) -> str | None:
+    """`tar` of the directory's contents (members relative to it) into a fresh output file; the error, if any."""
+    cmd = ["tar", "-C", str(directory), "--owner=0", "--group=0", *(["-I", "gzip -1"] if compress else []), "-cf"]
+    fd = output_file(out)
+    try:
+        proc = subprocess.run([*cmd, "-", "."], stdout=fd, stderr=subprocess.PIPE, text=True, check=False)
+    finally:
+        os.close(fd)
+    if proc.returncode == 0:
+        return None
+    return proc.stderr.strip() or f"tar exited with status {proc.returncode}"
+
+
 def make_slug(app: Path, out: Path) -> int:
     """tar.gz of the app directory's contents (members relative to /app); returns the size in bytes."""
-    cmd = ["tar", "-C", str(app), "--owner=0", "--group=0", "-I", "gzip -1", "-cf", str(out), "."]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise BuildError(f"compressing the slug failed: {proc.stderr.strip()}")
+    error = tar_into(app, out, compress=True)
+    if error is not None:
+        raise BuildError(f"compressing the slug failed: {error}")
     return out.stat().st_size
 
 
@@ -408,7 +341,7 @@ def restore_cache(url: str, layout: Layout) -> bool:
     if not url or not download(url, tar_path):
         return False
     try:
-        safe_extract(tar_path, layout.cache, skip_unsafe=True)
+        safe_extract(tar_path, layout.cache)
     except BuildError:  # a broken cache only costs time
         shutil.rmtree(layout.cache, ignore_errors=True)
         layout.cache.mkdir(parents=True, exist_ok=True)
@@ -418,19 +351,19 @@ def restore_cache(url: str, layout: Layout) -> bool:
     return True
 
 
-def save_cache(url: str, layout: Layout) -> None:
-    tar_path = layout.work / "cache.tar"
-    cmd = ["tar", "-C", str(layout.cache), "--owner=0", "--group=0", "-cf", str(tar_path), "."]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        say(f"{INDENT}not saving the build cache: {proc.stderr.strip()}")
-        return
-    try:
-        upload(url, tar_path)
-    except BuildError as exc:
-        say(f"{INDENT}not saving the build cache: {exc}")
-    finally:
-        tar_path.unlink(missing_ok=True)
+def save_cache(layout: Layout) -> None:
+    """The cache as an output (the host stores it for the next build)."""
+    out = layout.out / "cache.tar"
+    error = tar_into(layout.cache, out, compress=False)
+    if error is not None:
+        out.unlink(missing_ok=True)
+        say(f"{INDENT}not saving the build cache: {error}")
+
+
+def write_result(result: Result, layout: Layout) -> None:
+    fd = output_file(layout.out / "result.json")
+    with os.fdopen(fd, "wb") as out:
+        out.write(result.to_json())
 
 
 # ---------------------------------------------------------------- the build
@@ -482,23 +415,20 @@ def build(layout: Layout, env: dict[str, str]) -> Result:
     restore_cache(env.get("CACHE_URL", ""), layout)
     before = tree_fingerprint(layout.cache)
     result = compile_and_release(layout, env)
-    slug = layout.work / "slug.tgz"
-    result.slug_size = make_slug(layout.app, slug)
-    upload(env["SLUG_URL"], slug)
+    result.slug_size = make_slug(layout.app, layout.out / "slug.tgz")
     say(f"-----> Compressing... done, {human_size(result.slug_size)}")
-    if env.get("CACHE_PUT_URL") and tree_fingerprint(layout.cache) != before:
-        save_cache(env["CACHE_PUT_URL"], layout)
+    if tree_fingerprint(layout.cache) != before:
+        save_cache(layout)
     if env.get("SOURCE_VERSION"):
         result.extra["commit"] = env["SOURCE_VERSION"]
-    upload(env["RESULT_URL"], result.to_json(), "application/json")
+    write_result(result, layout)
     return result
 
 
 def main() -> int:
     env = dict(os.environ)
-    missing = [name for name in ("SOURCE_URL", "SLUG_URL", "RESULT_URL") if not env.get(name)]
-    if missing:
-        say(f" !     slugbuilder: missing environment: {', '.join(missing)}")
+    if not env.get("SOURCE_URL"):
+        say(" !     slugbuilder: missing environment: SOURCE_URL")
         return 2
     try:
         build(Layout(), env)

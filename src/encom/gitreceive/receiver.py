@@ -158,6 +158,8 @@ def job_failure(job: HostJob) -> str:
         return f"the build job could not start: {job.error or 'unknown error'}"
     if job.error and "memory" in job.error:
         return f"the build ran out of memory (limit {BUILD_MEMORY >> 30} GiB)"
+    if job.exit_status == 0 and job.error:  # the build succeeded but its outputs were refused
+        return job.error
     detail = f"exit status {job.exit_status}" if job.exit_status is not None else job.error or job.state
     return f"build failed ({detail})"
 
@@ -236,15 +238,15 @@ class Receiver:
             raise PushFailed(f"cannot run the build: {exc.message}") from None
 
     def job_spec(self, previous: Release | None) -> HostJobSpec:
+        """The build reads its inputs with signed GETs of the app's own source and cache, and gets no way to write:
+        its outputs are uploaded by the host from the build's /encom/out once it has ended."""
         ttl = BUILD_TIMEOUT + 600
         signed = self.blobstore.signed_url
         urls = {
             "SOURCE_URL": signed(self.paths.source, "GET", ttl),
-            "SLUG_URL": signed(self.paths.slug, "PUT", ttl),
             "CACHE_URL": signed(self.paths.cache, "GET", ttl),
-            "CACHE_PUT_URL": signed(self.paths.cache, "PUT", ttl),
-            "RESULT_URL": signed(self.paths.result, "PUT", ttl),
         }
+        outputs = {"slug": self.paths.slug, "cache": self.paths.cache, "result": self.paths.result}
         return HostJobSpec(
             id=self.paths.build_id,
             app_id=self.app_id,
@@ -254,6 +256,7 @@ class Receiver:
             env=build_env(urls, self.commit, previous.env if previous else {}),
             resources=Resources.for_build(),
             builder=True,
+            outputs=outputs,
             stop_grace=5.0,
         )
 
@@ -275,7 +278,12 @@ class Receiver:
         assert job is not None
         if job.state != "down" or job.exit_status not in (0, None):
             raise PushFailed(job_failure(job))
-        return parse_result(await self.blobstore.get(self.paths.result))
+        try:
+            return parse_result(await self.blobstore.get(self.paths.result))
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+            raise PushFailed("the build produced no result") from None
 
     async def stream_log(self, host: HostClient) -> None:
         try:

@@ -57,7 +57,7 @@ DEFAULT_PATH = ":".join(
 )
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 ROOTFS_LINKS = {"bin": "usr/bin", "lib": "usr/lib", "lib64": "usr/lib64", "sbin": "usr/sbin"}
-ROOTFS_DIRS = ("usr", "etc", "proc", "dev", "sys", "tmp", "app", "encom/build", "encom/bin")
+ROOTFS_DIRS = ("usr", "etc", "proc", "dev", "sys", "tmp", "app", "encom/build", "encom/bin", "encom/out")
 # Jobs run as their app's own non-root uid and need no capability: web ports are high (jobs share the host's
 # network, so NET_BIND_SERVICE would let an app take the router's :80), files under /app and /tmp are the uid's own.
 # The bounding set is empty too, so nothing (setuid binaries included, with no_new_privs) can gain one back.
@@ -127,6 +127,7 @@ class BundleOptions:
     gid: int = 0
     build_dir: Path | None = None  # encom's build tooling, bound at /encom/build for builder jobs
     uv_binary: Path | None = None  # bound at /encom/bin/uv for builder jobs
+    output_dir: Path | None = None  # bound writable at /encom/out for builder jobs (see encom.host.outputs)
     extra_env: dict[str, str] = field(default_factory=dict)
 
 
@@ -212,6 +213,8 @@ def mounts(spec: HostJobSpec, paths: BundlePaths, opts: BundleOptions) -> list[d
         result.append(_bind(opts.build_dir, "/encom/build"))
     if spec.builder and opts.uv_binary is not None:
         result.append(_bind(opts.uv_binary, "/encom/bin/uv"))
+    if spec.builder and opts.output_dir is not None:
+        result.append(_bind(opts.output_dir, "/encom/out", readonly=False))
     return result
 
 

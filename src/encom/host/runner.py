@@ -24,7 +24,7 @@ from encom.api.types import (
     utcnow,
 )
 from encom.discoverd.client import DiscoverdClient
-from encom.host import disk, drain, process, slugs
+from encom.host import disk, drain, outputs, process, slugs
 from encom.host.attach import ConsoleSocket, JobInput, TtyPump, set_size, start_tty
 from encom.host.bundle import BundleOptions, BundlePaths, write_bundle
 from encom.host.events import EventHub
@@ -34,6 +34,7 @@ from encom.host.ports import PortAllocator
 from encom.host.registry import Registration
 from encom.host.runtime import Runc, RuncError
 from encom.host.uids import UidAllocator
+from encom.host.unpack import UnpackError
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +181,7 @@ class JobRunner:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bad slug, a full disk, runc refusing the bundle: the job could not start
-            if not isinstance(exc, RuncError):
+            if not isinstance(exc, RuncError | UnpackError):  # those say why in the job's error; others are bugs
                 log.exception("job %s could not start", self.id)
             await self.deps.runc.delete(self.id)
             self.failure = str(exc) or type(exc).__name__
@@ -269,13 +270,18 @@ class JobRunner:
         await asyncio.to_thread(disk.create, self.paths.dir, spec.resources.temp_disk, uid, gid)
         if spec.artifact_url:
             tarball = await self.deps.slugs.fetch(spec.artifact_url)
-            await asyncio.to_thread(slugs.extract, tarball, self.paths.app, uid, gid)
+            await asyncio.to_thread(slugs.extract, tarball, self.paths.app, uid, gid, spec.resources.temp_disk)
+        output_dir = None
+        if spec.builder:
+            output_dir = outputs.output_dir(self.paths.dir)
+            await asyncio.to_thread(outputs.prepare, output_dir, uid, gid)
         opts = BundleOptions(
             port=self.job.port,
             uid=uid,
             gid=gid,
             build_dir=self.deps.build_dir,
             uv_binary=self.deps.uv_binary,
+            output_dir=output_dir,
         )
         await asyncio.to_thread(write_bundle, spec, self.paths, opts)
 
@@ -373,8 +379,11 @@ class JobRunner:
         with contextlib.suppress(TimeoutError):
             await wait_for(self.tailer.drained.wait(), DRAIN_TIMEOUT)
         self.deps.ports.release(self.job.port)
+        output_error = await self._collect_outputs(code)
         await asyncio.to_thread(self._remove_files)
         state, changes = self._outcome(code, oom)
+        if output_error is not None and state == "down":
+            state, changes = "crashed", {"exit_status": code, "error": output_error}
         if state == "failed":
             self.note(f"Failed to start: {changes['error']}")
         elif code is not None:
@@ -383,6 +392,25 @@ class JobRunner:
         self.ended.set()
         self.log.changed.fire()  # followers end once the job has (see JobManager.job_log)
         self.output.fire()
+
+    async def _collect_outputs(self, code: int | None) -> str | None:
+        """A build that succeeded: its declared outputs go to the blobstore, from the host (the container is gone).
+        Why they could not, if so. The output directory goes either way."""
+        spec = self.job.spec
+        if not spec.builder:
+            return None
+        directory = outputs.output_dir(self.paths.dir)
+        try:
+            if spec.outputs and code == 0 and self.failure is None and not self.stop_requested:
+                uid, _ = self.deps.ids_for(spec.app_id)
+                await outputs.collect(directory, spec.outputs, uid, self.deps.slugs.blobstore)
+        except outputs.OutputError as exc:
+            return str(exc)
+        except OSError as exc:
+            return f"build outputs could not be read: {exc.strerror or exc}"
+        finally:
+            await asyncio.to_thread(outputs.remove, directory)
+        return None
 
     def hang_up(self) -> None:
         """The attacher left, or never came: as when an ssh session drops, the job's stdin ends (a pipe) or its

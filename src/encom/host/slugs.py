@@ -7,10 +7,10 @@ import contextlib
 import hashlib
 import os
 import shutil
-import tarfile
 from pathlib import Path
 
 from encom.blobstore.client import BlobstoreClient
+from encom.host import unpack
 
 CACHE_KEEP = 20  # cached tarballs kept, newest used first
 
@@ -60,16 +60,9 @@ class SlugCache:
             old.unlink(missing_ok=True)
 
 
-def extract(tarball: Path, dest: Path, uid: int = 0, gid: int = 0) -> None:
-    """Unpack a slug into an empty /app. Slugs come from user code: the "data" filter refuses absolute paths,
-    `..`, links out of the tree and device files."""
+def extract(tarball: Path, dest: Path, uid: int, gid: int, max_bytes: int | None = None) -> None:
+    """Unpack a slug into a fresh /app as the app's uid, chrooted there (see `encom.host.unpack`): slugs are made
+    by builds, so by user code. Raises UnpackError when the slug is refused."""
     if dest.exists():
         shutil.rmtree(dest)
-    dest.mkdir(parents=True)
-    with tarfile.open(tarball, "r:*") as tar:
-        tar.extractall(dest, filter="data")
-    if uid or gid:
-        for root, dirs, files in os.walk(dest):
-            for name in dirs + files:
-                os.lchown(os.path.join(root, name), uid, gid)
-        os.chown(dest, uid, gid)
+    unpack.unpack(tarball, dest, uid, gid, max_bytes)
