@@ -25,6 +25,7 @@ from encom.api.client import ca_context
 from encom.api.errors import ApiError
 from encom.api.settings import Settings
 from encom.api.types import (
+    BUILD_MEMORY,
     ENDED_JOB_STATES,
     RELEASE_TYPE,
     ArtifactCreate,
@@ -47,8 +48,6 @@ from encom.host.client import HostClient, pick_host
 ZERO_SHA = "0" * 40
 DEPLOY_REFS = ("refs/heads/master", "refs/heads/main")
 SLUGBUILDER_ARGS = ["/usr/bin/python3", "/encom/build/slugbuilder.py"]
-BUILD_MEMORY = 2 << 30
-BUILD_TEMP_DISK = 2 << 30
 BUILD_TIMEOUT = 30 * 60.0
 JOB_END_TIMEOUT = 30.0
 DEPLOY_TIMEOUT = 45 * 60.0  # the deployer bounds every step; this only guards against a lost controller
