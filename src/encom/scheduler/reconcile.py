@@ -141,19 +141,19 @@ def _wanted_starts(
         if not key.type:
             continue
         missing = desired[key] - len(groups.get(key, _Occupants()))
-        taken = used[key]
-        for _ in range(missing):
-            index = _lowest_free(taken)
-            taken.add(index)
-            wanted.append((key, index, None))
+        wanted.extend((key, index, None) for index in _lowest_free(used[key], missing))
     return wanted
 
 
-def _lowest_free(taken: set[int]) -> int:
-    index = 1
-    while index in taken:
+def _lowest_free(taken: set[int], count: int) -> list[int]:
+    """The `count` lowest indices from 1 not in `taken`, in one pass (linear in count + taken)."""
+    free: list[int] = []
+    index = 0
+    while len(free) < count:
         index += 1
-    return index
+        if index not in taken:
+            free.append(index)
+    return free
 
 
 def _place(
