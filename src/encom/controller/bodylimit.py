@@ -9,6 +9,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 MAX_BODY = 4 << 20
+DRAIN_MAX = 64 << 20  # bytes of a refused body read (and dropped) before the connection is simply closed
 
 
 class BodyLimit:
@@ -22,31 +23,33 @@ class BodyLimit:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE"):
             await self.app(scope, receive, send)
             return
-        declared = _content_length(scope)
-        if declared is not None and declared > self.limit:
-            await self._refuse(send)
-            return
-        body = await self._read(receive)
+        body = await self._read(receive, _content_length(scope))
         if body is None:
             await self._refuse(send)
             return
         await self.app(scope, _replay(body, receive), send)
 
-    async def _read(self, receive: Receive) -> bytes | None:
-        """The whole body, or None once it passes the limit (the rest is left unread)."""
+    async def _read(self, receive: Receive, declared: int | None) -> bytes | None:
+        """The whole body, or None once it passes the limit: the rest is then read and dropped (up to
+        DRAIN_MAX, so the client gets the answer rather than a reset) and never kept."""
         chunks: list[bytes] = []
         size = 0
+        keep = declared is None or declared <= self.limit
         while True:
             message = await receive()
             if message["type"] != "http.request":
-                return b"".join(chunks)
+                return b"".join(chunks) if keep else None
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.limit:
-                return None
-            chunks.append(chunk)
+                keep = False
+                chunks.clear()
+            if keep:
+                chunks.append(chunk)
             if not message.get("more_body", False):
-                return b"".join(chunks)
+                return b"".join(chunks) if keep else None
+            if size > self.limit + DRAIN_MAX:
+                return None
 
     async def _refuse(self, send: Send) -> None:
         text = f"the request body is larger than {self.limit} bytes ({self.limit >> 20} MiB), the API's limit"
