@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 HOST_KEY_FILE = "ssh_host_ed25519_key"
 RECEIVER_MODULE = "encom.gitreceive.receiver"
 CHUNK = 1 << 16
+# asyncssh re-opens a channel's window whenever buffered data moves on to the reader, so a reader taking less
+# than a window at a time lets the pusher send far more than git consumes (a 200 MB push was held almost whole
+# in memory). Reading a whole window per read keeps the buffer at about one window.
+RECEIVE_WINDOW = 256 << 10
 STOP_GRACE = 10.0
 SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
@@ -311,7 +315,7 @@ async def _feed(src: asyncssh.SSHReader[bytes], dst: asyncio.StreamWriter, limit
     """Copy the pusher's bytes to receive-pack, chunk by chunk; False (and stop) once they pass `limit`."""
     received = 0
     try:
-        while chunk := await src.read(CHUNK):
+        while chunk := await src.read(RECEIVE_WINDOW):
             received += len(chunk)
             if received > limit:
                 return False
@@ -365,6 +369,7 @@ async def run(ctx: RoleContext) -> None:
         server_host_keys=[host_key],
         process_factory=receive.handle,
         encoding=None,
+        window=RECEIVE_WINDOW,
         allow_pty=False,
         agent_forwarding=False,
         x11_forwarding=False,
