@@ -183,3 +183,46 @@ def test_a_push_over_the_limit_is_refused_with_a_clear_message(cluster: Cluster,
     assert not list((stored / "refs" / "heads").iterdir())  # no ref was updated
     kept = sum(p.stat().st_size for p in stored.rglob("*") if p.is_file())
     assert kept < 1 << 20, f"the refused push left {kept} bytes in {stored}"
+
+
+def encomd_rss(cluster: Cluster) -> int:
+    """encomd's resident memory, in bytes."""
+    pid = int((cluster.state_dir / "encomd.pid").read_text())
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) << 10
+    raise AssertionError("no VmRSS")
+
+
+@dataclass
+class RssProbe:
+    cluster: Cluster
+    peak: int = 0
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.peak = max(self.peak, encomd_rss(self.cluster))
+            self.stop.wait(0.1)
+
+
+def test_a_large_push_is_streamed_not_held(cluster: Cluster, user: User, victim: Victim) -> None:
+    """A 150 MB push (under the limit) goes through without encomd holding it: asyncssh let the pusher run far
+    ahead of git when read in small pieces, and encomd grew by most of the push."""
+    repo = attacker_repo(user, "bulky", {"Procfile": "worker: sleep 100000\n"})
+    (repo / "blob.bin").write_bytes(os.urandom(150 << 20))
+    user.ok("git", "add", "blob.bin", cwd=repo)
+    user.ok("git", "commit", "-q", "-m", "150 MB", cwd=repo)
+    before = encomd_rss(cluster)
+    probe = RssProbe(cluster)
+    thread = threading.Thread(target=probe.run, daemon=True)
+    thread.start()
+    try:
+        with victim_serves(cluster, victim, "a 150 MB push"):
+            user.ok("git", "push", "encom", "master", cwd=repo, timeout=600)
+    finally:
+        probe.stop.set()
+        thread.join(5)
+    grown = (probe.peak - before) >> 20
+    print(f"encomd RSS {before >> 20} MiB before a 150 MB push, at most {probe.peak >> 20} MiB during it")
+    assert grown < 48, f"encomd grew by {grown} MiB during a 150 MB push"
