@@ -105,3 +105,51 @@ async def test_a_job_without_a_free_port_is_pending_with_the_reason(cluster: Clu
     down = await wait_for("the waiting job to be dropped", gone)
     assert down.error is not None and "scaled down before a host took it" in down.error
     assert len(by_state(await controller.list_jobs(app.id), "up")) == 2
+
+
+@pytest.fixture
+async def hostless(tmp_path: Path) -> AsyncIterator[Cluster]:
+    """The same roles but the host, which the test starts itself."""
+    become_subreaper()
+    settings = Settings(data_dir=tmp_path, ports=PORTS, roles=list(ROLES))
+    ensure_tls(settings)
+    settings.save()
+    verify = ca_context(settings.ca_cert_path)
+    cluster = Cluster(
+        settings,
+        ControllerClient(settings.controller_url, settings.cluster_key, verify=verify),
+        HostClient(settings.host_url, settings.internal_secret),
+        BlobstoreClient(settings.blobstore_url, settings.internal_secret),
+    )
+    try:
+        for name in ROLES:
+            if name != "host":
+                cluster.tasks.append(await start_role(name, settings))
+        yield cluster
+    finally:
+        await stop_roles(cluster.tasks)
+        for client in (cluster.controller, cluster.host, cluster.blobstore):
+            await client.aclose()
+        await asyncio.to_thread(kill_leftover_containers, settings)
+
+
+async def test_with_no_host_the_job_waits_and_starts_when_one_comes(hostless: Cluster) -> None:
+    controller = hostless.controller
+    app, release = await deploy_app(hostless)
+    await controller.put_formation(app.id, release.id, {"web": 1})
+
+    async def waiting() -> Job | None:
+        jobs = by_state(await controller.list_jobs(app.id), "pending")
+        return jobs[0] if jobs and jobs[0].error else None
+
+    job = await wait_for("the web job pending", waiting)
+    assert job.error == "waiting for a host: no host is available"
+
+    hostless.tasks.append(await start_role("host", hostless.settings))
+
+    async def up() -> Job | None:
+        jobs = by_state(await controller.list_jobs(app.id), "up")
+        return jobs[0] if jobs else None
+
+    started = await wait_for("the waiting job up on the new host", up)
+    assert started.id == job.id and started.error is None

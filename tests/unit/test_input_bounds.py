@@ -32,7 +32,7 @@ from encom.cli.jobs import state_text
 from encom.cli.output import CliError
 from encom.cli.scale import JobTracker, parse_counts
 from encom.controller.routes import normalize_path
-from encom.scheduler.reconcile import FormationKey, JobView, reconcile
+from encom.scheduler.reconcile import FormationKey, JobView, RestartSlot, reconcile
 from encom.scheduler.specs import job_spec
 from encom.scheduler.state import PLACE_RETRY_MAX, SchedulerState, place_retry_delay
 from tests.unit.test_scheduler_state import formation, host_job
@@ -247,6 +247,23 @@ def test_a_waiting_job_scaled_down_is_forgotten() -> None:
     state.defer("j1", "no room", now=0.0)
     assert state.drop_waiting("j1", now=1.0) is not None
     assert state.jobs == {} and "j1" in state.ended
+
+
+def test_with_no_host_new_dynos_are_unplaced_and_restarts_keep_their_slots() -> None:
+    key = FormationKey("app", "rel", "web")
+    slot = RestartSlot(key, 1, due=0.0)
+    plan = reconcile({key: 3}, [], [slot], [], 0.0)
+    assert plan.start == [] and plan.unplaced == [(key, 2), (key, 3)]
+
+
+def test_a_new_host_brings_waiting_jobs_forward() -> None:
+    state = SchedulerState()
+    state.add_pending(job_spec(formation(web=1), "web", 1, job_id="j1"), "", now=0.0)
+    for _ in range(8):
+        state.defer("j1", "no host is available", now=0.0)
+    assert state.placement_wake() == PLACE_RETRY_MAX
+    state.offer_soon(1.0)
+    assert state.placement_wake() == 1.0
 
 
 def test_placement_backoff_grows_to_30_seconds() -> None:

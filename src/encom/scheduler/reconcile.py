@@ -56,6 +56,7 @@ class Plan:
     stop: list[str] = field(default_factory=list)  # job ids
     drop: list[RestartSlot] = field(default_factory=list)  # restart slots no longer wanted
     wake_at: float | None = None  # the earliest restart still waiting for its backoff
+    unplaced: list[tuple[FormationKey, int]] = field(default_factory=list)  # new dynos with no host to go to
 
     @property
     def empty(self) -> bool:
@@ -162,8 +163,10 @@ def _place(
     hosts: Sequence[str],
     plan: Plan,
 ) -> None:
-    """Each start goes to the host with the fewest jobs of its formation type, then the fewest jobs overall."""
+    """Each start goes to the host with the fewest jobs of its formation type, then the fewest jobs overall.
+    With no host, new dynos are `unplaced` (they wait as pending); restarts keep their slots."""
     if not hosts:
+        plan.unplaced.extend((key, index) for key, index, slot in wanted if slot is None)
         return
     total: Counter[str] = Counter(j.host_id for j in remaining)
     same: Counter[tuple[FormationKey, str]] = Counter((j.key, j.host_id) for j in remaining)

@@ -33,7 +33,7 @@ from encom.controller.client import ControllerClient
 from encom.discoverd.client import HOST_SERVICE, DiscoverdClient, Heartbeat
 from encom.host.client import HostClient
 from encom.scheduler.hosts import HostLink, host_of
-from encom.scheduler.reconcile import StartJob, reconcile
+from encom.scheduler.reconcile import FormationKey, StartJob, reconcile
 from encom.scheduler.reporter import JobReporter
 from encom.scheduler.specs import controller_job, job_spec, unplaced_job
 from encom.scheduler.state import Change, SchedulerState, TrackedJob
@@ -48,6 +48,7 @@ SETTLE_MAX = 1.0
 RESYNC_INTERVAL = 10.0
 RETRY_MIN = 0.5
 RETRY_MAX = 10.0
+NEW_HOST_OFFER = 1.0  # seconds after a host appears before waiting jobs are offered (it is synced first)
 HOST_PROBES = 3  # a host that left discoverd is dropped once this many status probes, 1 s apart, fail
 
 
@@ -356,6 +357,7 @@ class Scheduler:
         if link is not None:
             self._spawn(link.close())
         link = HostLink(host_id, url, HostClient(url, self.settings.internal_secret))
+        self.state.offer_soon(time.monotonic() + NEW_HOST_OFFER)
         link.task = asyncio.create_task(self._follow_host(link), name=f"scheduler-host-{host_id}")
         self.hosts[host_id] = link
         log.info("following host %s at %s", host_id, url)
@@ -462,9 +464,22 @@ class Scheduler:
             self._stop(job_id)
         for start in plan.start:
             self._start(start, now)
+        for key, index in plan.unplaced:
+            self._hold(key, index, now)
         self._offer_waiting(hosts, now)
         wakes = [at for at in (plan.wake_at, self.state.placement_wake()) if at is not None]
         self.wake_at = min(wakes, default=None)
+
+    def _hold(self, key: FormationKey, index: int, now: float) -> None:
+        """A new dyno while no host is available: pending with the reason, offered once a host is there."""
+        formation = self.state.formation(key)
+        if formation is None:
+            return
+        job = self.state.add_pending(job_spec(formation, key.type, index), "", now)
+        reason = "waiting for a host: no host is available"
+        self.state.defer(job.id, reason, now)
+        log.warning("%s %s (%s) is pending: %s", formation.app.name, job.spec.dyno, job.id, reason)
+        self._report_unplaced(job, "pending", reason)
 
     def _offer_waiting(self, hosts: list[str], now: float) -> None:
         """Offer the jobs no host could take, whose backoff is over, to the host with the fewest jobs."""

@@ -159,6 +159,12 @@ class SchedulerState:
             if job.waiting is not None and job.retry_at is not None and job.retry_at <= now and not job.stop_requested
         ]
 
+    def offer_soon(self, at: float) -> None:
+        """Room may have appeared (a new host): offer every waiting job again at `at` at the latest."""
+        for job in self.jobs.values():
+            if job.waiting is not None and job.retry_at is not None:
+                job.retry_at = min(job.retry_at, at)
+
     def placement_wake(self) -> float | None:
         return min((job.retry_at for job in self.jobs.values() if job.waiting and job.retry_at), default=None)
 
