@@ -43,6 +43,12 @@ class Settings(BaseModel):
     ports: Ports = Field(default_factory=Ports)
     roles: list[str] = Field(default_factory=lambda: list(ALL_ROLES))
     container_runtime: str = "runc"
+    # Input bounds (issue 11). A formation, `encom scale` or a deploy asking for more processes of one type
+    # is refused with a 400; the hosts' capacity is separate (what they cannot place waits as `pending`).
+    max_processes_per_type: int = Field(default=100, ge=1, le=10_000)
+    # The most a `git push` may send (bytes on the SSH channel); read at each push, so a change applies
+    # without a restart. Also given to git as `receive.maxInputSize`.
+    max_push_bytes: int = Field(default=1 << 30, ge=1 << 10)
 
     # Derived locations. Each component owns its own directory under data_dir.
     def dir(self, component: str) -> Path:

@@ -3,17 +3,155 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from encom.api.errors import ValidationError
 
 APP_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 APP_NAME_RULE = (
     "app name must start with a lowercase letter and contain only lowercase letters, digits and dashes "
     "(at most 63 characters)"
 )
+
+
+# ---------------------------------------------------------------- input bounds
+# Rules for what users send, checked where it enters (the controller's API) so that nothing out of bounds is
+# stored. Each raises ValidationError (a 400) with a message naming the rule. Stored records are read without
+# them, so data written before a rule existed still loads.
+
+ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+MAX_ENV_KEY = 255  # characters
+MAX_ENV_VALUE = 32 << 10  # bytes (UTF-8)
+MAX_RELEASE_ENV = 256 << 10  # bytes: a release's env and every process type's env together, keys included
+PROCESS_TYPE_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+MAX_PROCESS_TYPES = 50
+MAX_COMMAND = 32 << 10  # bytes of a process type's command
+MAX_RUN_COMMAND = 64 << 10  # bytes of `encom run`'s arguments joined
+META_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+MAX_META_KEYS = 100
+MAX_META_VALUE = 1024
+SERVICE_RE = re.compile(r"^[a-z][a-z0-9-]{0,127}$")  # an app name's alphabet; `<app>-<type>` fits
+MAX_ROUTE_PATH = 2048
+BLOB_SEGMENT_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,254}$")  # the blobstore's, minus hidden names
+MAX_ARTIFACT_URL = 1024
+MAX_SHOWN = 64  # characters of a refused value quoted in an error
+
+
+def shown(value: str) -> str:
+    """A refused value as an error quotes it: escaped (newlines, NUL) and cut short."""
+    text = value if len(value) <= MAX_SHOWN else value[:MAX_SHOWN] + "..."
+    return '"' + text.encode("unicode_escape").decode("ascii").replace('"', '\\"') + '"'
+
+
+def _utf8_size(text: str) -> int:
+    return len(text.encode(errors="surrogatepass"))
+
+
+def check_env(env: Mapping[str, str], where: str = "env") -> int:
+    """Every key a shell variable name, every value at most 32 KiB without NUL; returns the env's size."""
+    total = 0
+    for key, value in env.items():
+        if len(key) > MAX_ENV_KEY:
+            raise ValidationError(f"{where}: env key {shown(key)} is longer than {MAX_ENV_KEY} characters")
+        if not ENV_KEY_RE.fullmatch(key):
+            raise ValidationError(
+                f"{where}: invalid env key {shown(key)}: keys must match ^[A-Za-z_][A-Za-z0-9_]*$ "
+                "(letters, digits and underscores, not starting with a digit)"
+            )
+        size = _utf8_size(value)
+        if size > MAX_ENV_VALUE:
+            raise ValidationError(
+                f"{where}: the value of {key} is {size} bytes; an env value is at most {MAX_ENV_VALUE} bytes (32 KiB)"
+            )
+        if "\0" in value:
+            raise ValidationError(f"{where}: the value of {key} contains a NUL character")
+        total += len(key) + size
+    return total
+
+
+def check_release_env(env: Mapping[str, str], process_envs: Mapping[str, Mapping[str, str]]) -> None:
+    """The release's env and each process type's env checked, and at most 256 KiB all together."""
+    total = check_env(env)
+    for name, process_env in process_envs.items():
+        total += check_env(process_env, f"{name} env")
+    if total > MAX_RELEASE_ENV:
+        raise ValidationError(
+            f"the release's env is {total} bytes in all; a release's env and its process types' env together "
+            f"are at most {MAX_RELEASE_ENV} bytes (256 KiB)"
+        )
+
+
+def check_command(command: str, where: str, limit: int = MAX_COMMAND) -> None:
+    size = _utf8_size(command)
+    if size > limit:
+        raise ValidationError(f"{where}: the command is {size} bytes; at most {limit} bytes")
+    if "\0" in command:
+        raise ValidationError(f"{where}: the command contains a NUL character")
+
+
+def check_process_types(names: list[str]) -> None:
+    if len(names) > MAX_PROCESS_TYPES:
+        raise ValidationError(f"a release has at most {MAX_PROCESS_TYPES} process types, not {len(names)}")
+    bad = [name for name in names if not PROCESS_TYPE_RE.fullmatch(name)]
+    if bad:
+        listed = ", ".join(shown(name) for name in bad[:5])
+        raise ValidationError(f"invalid process type names: {listed} (use ^[a-z][a-z0-9-]*$, at most 63 characters)")
+
+
+def check_meta(meta: Mapping[str, str | None], what: str = "meta") -> None:
+    """Keys of letters, digits, `_`, `.`, `-` (at most 64), values at most 1 KiB, at most 100 keys."""
+    if len(meta) > MAX_META_KEYS:
+        raise ValidationError(f"{what}: at most {MAX_META_KEYS} keys, not {len(meta)}")
+    for key, value in meta.items():
+        if not META_KEY_RE.fullmatch(key):
+            raise ValidationError(
+                f'{what}: invalid key {shown(key)}: letters, digits, "_", "." and "-", at most 64 characters'
+            )
+        if value is not None and len(value) > MAX_META_VALUE:
+            raise ValidationError(f"{what}: the value of {shown(key)} is longer than {MAX_META_VALUE} characters")
+
+
+def check_process_counts(processes: Mapping[str, int], limit: int) -> None:
+    """No count below zero or above the cluster's `max_processes_per_type`."""
+    negative = [f"{name}={count}" for name, count in processes.items() if count < 0]
+    if negative:
+        raise ValidationError("process counts cannot be negative: " + ", ".join(negative[:5]))
+    for name, count in processes.items():
+        if count > limit:
+            number = str(count) if count < 10**12 else f"{str(count)[:6]}... ({len(str(count))} digits)"
+            raise ValidationError(
+                f"{shown(name)}={number} is above the limit of {limit} processes per type "
+                "(the cluster setting max_processes_per_type)"
+            )
+
+
+def check_service(service: str) -> str:
+    """A discoverd service a route sends to: an app name's alphabet, at most 128 characters."""
+    if not SERVICE_RE.fullmatch(service):
+        raise ValidationError(
+            f"invalid route service {shown(service)}: like an app name, it must start with a lowercase letter "
+            "and contain only lowercase letters, digits and dashes (at most 128 characters)"
+        )
+    return service
+
+
+def check_artifact_url(url: str) -> str:
+    """An artifact is a blobstore path (`/slugs/<app>/<id>.tgz`): what hosts fetch slugs from."""
+    rule = "an artifact URL is a blobstore path such as /slugs/<app>/<id>.tgz"
+    if not url:
+        raise ValidationError(f"the artifact URL is empty: {rule}")
+    if len(url) > MAX_ARTIFACT_URL:
+        raise ValidationError(f"the artifact URL is longer than {MAX_ARTIFACT_URL} characters")
+    segments = url.split("/")
+    if segments[0] != "" or not all(BLOB_SEGMENT_RE.fullmatch(s) for s in segments[1:]):
+        raise ValidationError(
+            f"invalid artifact URL {shown(url)}: {rule} (segments of A-Z a-z 0-9 . _ -, none hidden or empty)"
+        )
+    return url
 
 
 def utcnow() -> datetime:
@@ -93,7 +231,7 @@ class AppCreate(Wire):
     @field_validator("name")
     @classmethod
     def _valid_name(cls, v: str) -> str:
-        if not APP_NAME_RE.match(v):
+        if not APP_NAME_RE.fullmatch(v):
             raise ValueError(APP_NAME_RULE)
         return v
 
@@ -128,7 +266,7 @@ class AppDeleted(Wire):
 
 
 class KeyCreate(Wire):
-    key: str  # an OpenSSH public key line: "<type> <base64> [comment]"
+    key: str = Field(max_length=16 << 10)  # an OpenSSH public key line: "<type> <base64> [comment]"
 
 
 class Key(Wire):
@@ -223,10 +361,10 @@ class Job(Wire):
     type: str  # process type; "" for one-off jobs
     host_id: str | None = None
     state: JobState
-    port: int | None = None
-    exit_status: int | None = None
+    port: int | None = Field(default=None, ge=0, le=65535)
+    exit_status: int | None = Field(default=None, ge=-(1 << 31), lt=1 << 31)
     error: str | None = None
-    restarts: int = 0
+    restarts: int = Field(default=0, ge=0, lt=1 << 31)
     created_at: datetime
     updated_at: datetime
 
@@ -243,6 +381,16 @@ class JobRun(Wire):
     size: TerminalSize | None = None  # with tty: the initial (rows, cols)
     # whose limits (memory, cpu, max_fd, max_procs, temp_disk) the job gets: the release's `web` type by default
     type: str | None = Field(default=None, max_length=63)
+
+    @field_validator("args")
+    @classmethod
+    def _bounded_args(cls, v: list[str]) -> list[str]:
+        size = sum(_utf8_size(arg) + 1 for arg in v)
+        if size > MAX_RUN_COMMAND:
+            raise ValueError(f"the command is {size} bytes; at most {MAX_RUN_COMMAND} bytes")
+        if any("\0" in arg for arg in v):
+            raise ValueError("the command contains a NUL character")
+        return v
 
 
 class RouteCreate(Wire):

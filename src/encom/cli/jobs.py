@@ -34,7 +34,10 @@ PS_HEADER = ["ID", "TYPE", "STATE", "PORT", "RELEASE", "RESTARTS", "STARTED"]
 
 
 def state_text(job: Job) -> str:
-    """`up`, or for an ended job why it ended: `crashed (out of memory)`, `crashed (exit 3)`."""
+    """`up`; for an ended job why it ended: `crashed (out of memory)`, `crashed (exit 3)`; for a pending job
+    what it waits for: `pending (waiting for a host: ... no free job port ...)`."""
+    if job.state == "pending" and job.error:
+        return f"pending ({job.error})"
     if job.state not in ("crashed", "failed", "down"):
         return job.state
     if job.error:

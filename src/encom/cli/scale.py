@@ -23,6 +23,7 @@ DEFAULT_TIMEOUT = 60.0
 POLL_INTERVAL = 2.0  # when no event came for this long, the job list is read (events may have been missed)
 SHOWN_STATES = ("up", "down", "crashed", "failed")
 BUSY_STATES = ("pending", "starting", "stopping")
+MAX_DIGITS = 40  # enough for the cluster to answer (its max_processes_per_type refuses big counts)
 
 Echo = Callable[[str], None]
 
@@ -32,7 +33,7 @@ def parse_counts(args: tuple[str, ...] | list[str]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for arg in args:
         name, sep, value = arg.partition("=")
-        if not sep or not name or not value.isdigit():
+        if not sep or not name or not (value.isascii() and value.isdigit()) or len(value) > MAX_DIGITS:
             raise CliError(f'invalid argument "{arg}": expected TYPE=COUNT, e.g. web=3')
         counts[name] = int(value)
     return counts
@@ -88,9 +89,15 @@ class JobTracker:
         return f"{job.type} job {job.id} {job.state}: {reason}"
 
     def missing(self) -> str:
-        return ", ".join(
-            f"{t}={n} ({self.count(t, ('up',))} up)" for t, n in sorted(self.targets.items()) if not self.reached(t)
-        )
+        return ", ".join(self._progress(t, n) for t, n in sorted(self.targets.items()) if not self.reached(t))
+
+    def _progress(self, process_type: str, target: int) -> str:
+        """`web=100 (40 up, 60 pending: waiting for a host: ... no free job port ...)`."""
+        text = f"{process_type}={target} ({self.count(process_type, ('up',))} up"
+        waiting = [j for j in self.jobs.values() if j.type == process_type and j.state == "pending" and j.error]
+        if waiting:
+            text += f", {len(waiting)} pending: {waiting[-1].error}"
+        return text + ")"
 
 
 def job_line(when: datetime, job: Job) -> str:
@@ -118,6 +125,8 @@ class JobWatcher:
             return
         if job.state in SHOWN_STATES:
             self.echo(job_line(when, job))
+        elif job.state == "pending" and job.error:
+            self.echo(f"{job_line(when, job)} ({job.error})")
         if (problem := self.tracker.failure(job)) is not None:
             raise CliError(problem)
 

@@ -11,9 +11,9 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, get_args
+from typing import Annotated, Any, get_args
 
-from fastapi import APIRouter, Depends, FastAPI, Header, Request, Response, WebSocket
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response, WebSocket
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError
 from starlette.responses import StreamingResponse
@@ -48,6 +48,7 @@ from encom.api.types import (
     Route,
     RouteCreate,
     RouteUpdate,
+    shown,
 )
 from encom.controller import (
     apps,
@@ -64,10 +65,15 @@ from encom.controller import (
     releases,
     routes,
 )
+from encom.controller.bodylimit import BodyLimit
 from encom.controller.db import Database
 from encom.controller.events import EventHub
 
 EVENT_TYPES = frozenset(get_args(EventType))
+MAX_LOG_LINES = 100_000  # what a host serves at most
+MAX_EVENT_ID = (1 << 63) - 1
+Lines = Annotated[int, Query(ge=0, le=MAX_LOG_LINES)]
+EventId = Annotated[int, Query(ge=0, le=MAX_EVENT_ID)]
 
 
 @dataclass
@@ -80,6 +86,7 @@ class Controller:
 
 def create_api(ctl: Controller) -> FastAPI:
     app = make_app("controller")
+    app.add_middleware(BodyLimit)
 
     async def on_integrity_error(_: Request, exc: Exception) -> JSONResponse:
         # Only reachable when two writers race past the same uniqueness check (PostgreSQL).
@@ -153,6 +160,7 @@ def _keys(router: APIRouter, ctl: Controller) -> None:
 
 def _releases(router: APIRouter, ctl: Controller) -> None:
     db = ctl.db
+    max_count = ctl.settings.max_processes_per_type
 
     @router.post("/artifacts", status_code=201)
     def create_artifact(body: ArtifactCreate) -> Artifact:
@@ -189,7 +197,7 @@ def _releases(router: APIRouter, ctl: Controller) -> None:
     @router.post("/apps/{app}/deploy")
     def deploy(app: str, body: DeployRequest) -> Deployment:
         with db.write() as s:
-            deployment = deployments.create(s, apps.find_app(s, app, lock=True), body)
+            deployment = deployments.create(s, apps.find_app(s, app, lock=True), body, max_count)
         ctl.kick_deployer()
         return deployment
 
@@ -206,13 +214,16 @@ def _releases(router: APIRouter, ctl: Controller) -> None:
 
 def _formations(router: APIRouter, ctl: Controller) -> None:
     db = ctl.db
+    max_count = ctl.settings.max_processes_per_type
 
     @router.put("/apps/{app}/formations/{release_id}")
     def put_formation(app: str, release_id: str, body: FormationUpdate) -> Formation:
         with db.write() as s:
             row = apps.find_app(s, app, lock=True)
+            release = releases.release_row(s, release_id, row)
+            formations.check_counts(release, body.processes, max_count)
             deployments.refuse_if_in_flight(s, row, "scale")
-            return formations.put(s, row, releases.release_row(s, release_id, row), body.processes)
+            return formations.put(s, row, release, body.processes)
 
     @router.get("/apps/{app}/formations")
     def list_formations(app: str) -> list[Formation]:
@@ -318,7 +329,7 @@ def _drains(router: APIRouter, ctl: Controller) -> None:
 def _logs(router: APIRouter, ctl: Controller) -> None:
     @router.get("/apps/{app}/log")
     async def app_log(
-        app: str, lines: int = 100, process_type: str | None = None, job_id: str | None = None
+        app: str, lines: Lines = 100, process_type: str | None = None, job_id: str | None = None
     ) -> list[LogLine]:
         app_id = await asyncio.to_thread(logs.log_target, ctl.db, app, job_id)
         return await logs.app_log(ctl.settings, app_id, lines, process_type, job_id)
@@ -326,7 +337,7 @@ def _logs(router: APIRouter, ctl: Controller) -> None:
     @router.get("/apps/{app}/log/stream")
     async def app_log_stream(
         app: str,
-        lines: int = 100,
+        lines: Lines = 100,
         process_type: str | None = None,
         job_id: str | None = None,
         follow: bool = False,
@@ -360,9 +371,12 @@ def _resume_point(header: str | None, since_id: int | None) -> int | None:
     """Where a stream starts: after the Last-Event-ID header (a reconnect), else after `since_id`."""
     if header is not None and header.strip():
         try:
-            return int(header)
+            after = int(header)
         except ValueError:
-            raise ValidationError(f'invalid Last-Event-ID "{header}"') from None
+            after = -1
+        if not 0 <= after <= MAX_EVENT_ID:
+            raise ValidationError(f"invalid Last-Event-ID {shown(header)}: expected an event id (0 or more)")
+        return after
     return since_id
 
 
@@ -375,7 +389,7 @@ def _events(router: APIRouter, ctl: Controller) -> None:
     async def stream_events(
         app_id: str | None = None,
         object_types: str | None = None,
-        since_id: int | None = None,
+        since_id: EventId | None = None,
         last_event_id: str | None = Header(default=None),
     ) -> StreamingResponse:
         after = _resume_point(last_event_id, since_id)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 import uuid
 
 from sqlalchemy import delete, or_, select
@@ -11,7 +10,17 @@ from sqlalchemy.orm import Session
 
 from encom.api.errors import Conflict, NotFound, ValidationError
 from encom.api.settings import Settings
-from encom.api.types import MAX_STOP_GRACE, STRATEGIES, App, AppCreate, AppDeleted, AppUpdate, utcnow
+from encom.api.types import (
+    MAX_META_KEYS,
+    MAX_STOP_GRACE,
+    STRATEGIES,
+    App,
+    AppCreate,
+    AppDeleted,
+    AppUpdate,
+    check_meta,
+    utcnow,
+)
 from encom.controller import convert, drains, events, formations, routes
 from encom.controller.models import AppRow, DeploymentRow, FormationRow, ReleaseRow
 
@@ -42,11 +51,6 @@ def create_app(session: Session, settings: Settings, body: AppCreate) -> App:
     return app
 
 
-META_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-MAX_META_KEYS = 100
-MAX_META_VALUE = 1024
-
-
 def _check_stop_grace(value: str) -> None:
     try:
         seconds = float(value)
@@ -57,10 +61,7 @@ def _check_stop_grace(value: str) -> None:
 
 
 def _check_meta_entry(key: str, value: str) -> None:
-    if not META_KEY_RE.match(key):
-        raise ValidationError(f'invalid meta key "{key}": letters, digits, "_", "." and "-", at most 64 characters')
-    if len(value) > MAX_META_VALUE:
-        raise ValidationError(f'meta value of "{key}" is longer than {MAX_META_VALUE} characters')
+    check_meta({key: value})
     if key == "strategy" and value not in STRATEGIES:
         raise ValidationError(f'unknown deploy strategy "{value}" (expected one of: {", ".join(STRATEGIES)})')
     if key == "stop_grace":

@@ -292,6 +292,13 @@ class Rollout:
     def up(self, process_type: str) -> int:
         return self.watch.count(self.new_id, process_type, ("up",))
 
+    def waiting(self) -> str:
+        """Why a job of the new release is still pending (no host could take it), for a timeout's message."""
+        for job in self.watch.jobs.values():
+            if job.release_id == self.new_id and job.state == "pending" and job.error:
+                return f" ({job.type} job {job.id} is pending: {job.error})"
+        return ""
+
     def serving_old(self, process_type: str) -> int:
         return self.watch.count(self.old_id, process_type, ("pending", "starting", "up"))
 
@@ -300,7 +307,7 @@ class Rollout:
         await self.deployer.scale(self.plan, self.new_id, self.new)
         within = self.plan.start_timeout(process_type)
         if not await self.watch.until(lambda: self.up(process_type) >= count, within, self.check):
-            raise DeployFailed(f"the new {process_type} job did not come up within {within:.0f}s")
+            raise DeployFailed(f"the new {process_type} job did not come up within {within:.0f}s{self.waiting()}")
 
     async def _shrink(self, process_type: str, count: int) -> None:
         assert self.old_id is not None
@@ -330,7 +337,7 @@ class Rollout:
             return all(self.up(t) >= n for t, n in self.target.items())
 
         if not await self.watch.until(all_up, within, self.check):
-            raise DeployFailed(f"the new release's jobs did not all come up within {within:.0f}s")
+            raise DeployFailed(f"the new release's jobs did not all come up within {within:.0f}s{self.waiting()}")
         if self.old_id is not None and self.old:
             self.old = dict.fromkeys(self.old, 0)
             await self.deployer.scale(self.plan, self.old_id, self.old)

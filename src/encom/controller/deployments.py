@@ -56,14 +56,15 @@ def _release_of(session: Session, app: AppRow, release_id: str) -> ReleaseRow:
     return release
 
 
-def create(session: Session, app: AppRow, body: DeployRequest) -> Deployment:
-    """Record a pending deployment (the deployer starts it); refused while another one is in flight."""
+def create(session: Session, app: AppRow, body: DeployRequest, max_count: int | None = None) -> Deployment:
+    """Record a pending deployment (the deployer starts it); refused while another one is in flight. Counts
+    given are checked against `max_count` (the cluster's max_processes_per_type)."""
     release = _release_of(session, app, body.release_id)
     if release.id == app.release_id:
         raise ValidationError(f"v{release.version} is already the current release; use scale to change counts")
     refuse_if_in_flight(session, app, "create deploy")
     if body.processes is not None:
-        formations.check_counts(release, body.processes)
+        formations.check_counts(release, body.processes, max_count)
     old = _counts(session, app.id, app.release_id)
     processes = dict(body.processes) if body.processes is not None else _carried_counts(old, release)
     row = DeploymentRow(

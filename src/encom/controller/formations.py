@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import sys
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from encom.api.errors import NotFound, ValidationError
-from encom.api.types import RELEASE_TYPE, ExpandedFormation, Formation, utcnow
+from encom.api.types import RELEASE_TYPE, ExpandedFormation, Formation, check_process_counts, shown, utcnow
 from encom.controller import convert, events
 from encom.controller.models import AppRow, ArtifactRow, FormationRow, ReleaseRow
 
 
-def check_counts(release: ReleaseRow, processes: dict[str, int]) -> None:
+def check_counts(release: ReleaseRow, processes: dict[str, int], limit: int | None = None) -> None:
+    """Known types, counts from 0 to `limit` (the cluster's max_processes_per_type; None: internal moves of
+    counts already checked)."""
     unknown = [name for name in processes if name not in release.processes]
     if unknown:
-        raise ValidationError("unknown process types: " + ", ".join(f'"{name}"' for name in sorted(unknown)))
-    negative = [f"{name}={count}" for name, count in processes.items() if count < 0]
-    if negative:
-        raise ValidationError("process counts cannot be negative: " + ", ".join(negative))
+        listed = ", ".join(shown(name) for name in sorted(unknown)[:5])
+        raise ValidationError(f"unknown process types: {listed}" + (" ..." if len(unknown) > 5 else ""))
+    check_process_counts(processes, limit if limit is not None else sys.maxsize)
     if processes.get(RELEASE_TYPE, 0) > 0:
         raise ValidationError(f'"{RELEASE_TYPE}" runs once per deploy (the release phase); it cannot be scaled')
 

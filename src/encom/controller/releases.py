@@ -2,21 +2,31 @@
 
 from __future__ import annotations
 
-import re
 import uuid
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from encom.api.errors import NotFound, ValidationError
-from encom.api.types import Artifact, ArtifactCreate, Release, ReleaseCreate, is_web_type
+from encom.api.types import (
+    Artifact,
+    ArtifactCreate,
+    Release,
+    ReleaseCreate,
+    check_artifact_url,
+    check_command,
+    check_meta,
+    check_process_types,
+    check_release_env,
+    is_web_type,
+)
 from encom.controller import convert, events
 from encom.controller.models import AppRow, ArtifactRow, ReleaseRow
 
-PROCESS_TYPE_RE = re.compile(r"^[a-z][a-z0-9-]*$")
-
 
 def create_artifact(session: Session, body: ArtifactCreate) -> Artifact:
+    check_artifact_url(body.url)
+    check_meta(body.meta, "artifact meta")
     row = ArtifactRow(id=str(uuid.uuid4()), type=body.type, url=body.url, meta=dict(body.meta))
     session.add(row)
     session.flush()
@@ -32,17 +42,19 @@ def artifact_row(session: Session, artifact_id: str) -> ArtifactRow:
     return row
 
 
-def check_process_types(names: list[str]) -> None:
-    bad = [name for name in names if not PROCESS_TYPE_RE.match(name)]
-    if bad:
-        listed = ", ".join(f'"{name}"' for name in bad)
-        raise ValidationError(f"invalid process type names: {listed} (use ^[a-z][a-z0-9-]*$)")
+def check_release(body: ReleaseCreate) -> None:
+    """The input bounds of a release: process type names and commands, env, meta (nothing is stored otherwise)."""
+    check_process_types(list(body.processes))
+    for name, process in body.processes.items():
+        check_command(process.cmd, name)
+    check_release_env(body.env, {name: process.env for name, process in body.processes.items()})
+    check_meta(body.meta, "release meta")
 
 
 def create_release(session: Session, app: AppRow, body: ReleaseCreate) -> Release:
+    check_release(body)
     if body.artifact_id is not None and session.get(ArtifactRow, body.artifact_id) is None:
         raise ValidationError(f'artifact "{body.artifact_id}" not found')
-    check_process_types(list(body.processes))
     unchecked = [name for name, p in body.processes.items() if p.check is not None and not is_web_type(name)]
     if unchecked:
         raise ValidationError(f'health checks apply to web process types only, not "{unchecked[0]}"')

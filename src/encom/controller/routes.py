@@ -16,7 +16,17 @@ from sqlalchemy.orm import Session
 
 from encom.api.errors import Conflict, NotFound, ValidationError
 from encom.api.settings import Settings
-from encom.api.types import EventType, Route, RouteCreate, RouteUpdate, service_name, utcnow
+from encom.api.types import (
+    MAX_ROUTE_PATH,
+    EventType,
+    Route,
+    RouteCreate,
+    RouteUpdate,
+    check_service,
+    service_name,
+    shown,
+    utcnow,
+)
 from encom.controller import convert, events
 from encom.controller.models import AppRow, RouteRow
 
@@ -24,7 +34,6 @@ _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 DOMAIN_RE = re.compile(rf"^(?:\*\.)?{_LABEL}(?:\.{_LABEL})*$")
 PATH_RE = re.compile(r"^[A-Za-z0-9._~!$&'()*+,;=:@%/-]*$")
 MAX_DOMAIN = 253
-MAX_SERVICE = 128
 MAX_CERTIFICATE = 64 * 1024  # a PEM chain; real ones are a few KiB
 MAX_KEY = 16 * 1024
 REDIRECT_HTTPS = "redirect_https"  # app meta key: "true" makes every http route of the app redirect to https
@@ -38,7 +47,7 @@ def _record(session: Session, kind: EventType, route: Route) -> None:
 
 def is_valid_domain(domain: str) -> bool:
     """Lowercase hostname labels (letters, digits, inner dashes; 1-63 each), optionally after a leading `*.`."""
-    return len(domain) <= MAX_DOMAIN and DOMAIN_RE.match(domain) is not None
+    return len(domain) <= MAX_DOMAIN and DOMAIN_RE.fullmatch(domain) is not None
 
 
 def check_domain(domain: str | None) -> str:
@@ -57,22 +66,15 @@ def check_domain(domain: str | None) -> str:
 def normalize_path(path: str | None) -> str:
     """`api` → `/api/`: paths start and end with a slash so prefixes match whole segments."""
     path = (path or "/").strip()
-    if not PATH_RE.match(path):
-        raise ValidationError(f'invalid route path "{path}"')
+    if len(path) > MAX_ROUTE_PATH:
+        raise ValidationError(f"a route path is at most {MAX_ROUTE_PATH} characters, not {len(path)}")
+    if not PATH_RE.fullmatch(path):
+        raise ValidationError(f"invalid route path {shown(path)}")
     if not path.startswith("/"):
         path = "/" + path
     if not path.endswith("/"):
         path += "/"
     return path
-
-
-def check_service(service: str) -> str:
-    service = service.strip()
-    if not service:
-        raise ValidationError("a route's service cannot be empty")
-    if len(service) > MAX_SERVICE:
-        raise ValidationError(f"a route's service is at most {MAX_SERVICE} characters")
-    return service
 
 
 # ---------------------------------------------------------------- TLS certificates

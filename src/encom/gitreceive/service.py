@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 HOST_KEY_FILE = "ssh_host_ed25519_key"
 RECEIVER_MODULE = "encom.gitreceive.receiver"
 CHUNK = 1 << 16
+# asyncssh re-opens a channel's window whenever buffered data moves on to the reader, so a reader taking less
+# than a window at a time lets the pusher send far more than git consumes (a 200 MB push was held almost whole
+# in memory). Reading a whole window per read keeps the buffer at about one window.
+RECEIVE_WINDOW = 256 << 10
 STOP_GRACE = 10.0
 SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
@@ -56,7 +60,7 @@ def parse_command(command: str | None) -> str:
         raise PushRefused(f"command not allowed: {command[:200]!r}; {usage}")
     path = words[1]
     name = path.lstrip("/").removesuffix(".git")
-    if not APP_NAME_RE.match(name):
+    if not APP_NAME_RE.fullmatch(name):
         raise PushRefused(f"invalid repository {path[:200]!r}: expected /<app>.git with a valid app name")
     return name
 
@@ -232,13 +236,26 @@ class GitReceive:
                 raise PushRefused(f'app "{name}" does not exist; create it with "encom create {name}"') from None
             raise PushRefused(f"cannot reach the controller: {exc}") from None
 
+    def _push_limit(self) -> int:
+        """The cluster's max_push_bytes, read at each push (a change needs no restart)."""
+        try:
+            return Settings.load(self.settings.data_dir).max_push_bytes
+        except (OSError, ValueError) as exc:
+            log.warning("cannot read the push limit (%s); using %d bytes", exc, self.settings.max_push_bytes)
+            return self.settings.max_push_bytes
+
     async def _receive_pack(self, process: asyncssh.SSHServerProcess[bytes], repo: Path, app: App) -> int:
+        limit = self._push_limit()
         env = git_env(
             {
                 "ENCOM_DATA_DIR": str(self.settings.data_dir.resolve()),
                 "ENCOM_APP_ID": app.id,
                 "ENCOM_APP_NAME": app.name,
                 "PYTHONUNBUFFERED": "1",
+                # git's own bound on the pack, behind the byte count of the channel below.
+                "GIT_CONFIG_COUNT": "1",
+                "GIT_CONFIG_KEY_0": "receive.maxInputSize",
+                "GIT_CONFIG_VALUE_0": str(limit),
             }
         )
         proc = await asyncio.create_subprocess_exec(
@@ -247,11 +264,13 @@ class GitReceive:
             env=env, cwd=str(repo), start_new_session=True,
         )  # fmt: skip
         assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
-        feeder = asyncio.create_task(_feed(process.stdin, proc.stdin))
+        feeder = asyncio.create_task(_feed(process.stdin, proc.stdin, limit))
+        feeder.add_done_callback(lambda done: self._on_fed(done, process, proc, app, limit))
         try:
             # The client needs all of receive-pack's output (the report-status comes last) before the exit.
             await asyncio.gather(_copy(proc.stdout, process.stdout), _copy(proc.stderr, process.stderr))
-            return await proc.wait()
+            status = await proc.wait()
+            return 1 if _too_large(feeder) else status
         finally:
             feeder.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -259,10 +278,47 @@ class GitReceive:
             if proc.returncode is None:
                 await _stop_group(proc)
 
+    def _on_fed(
+        self,
+        feeder: asyncio.Task[bool],
+        process: asyncssh.SSHServerProcess[bytes],
+        proc: asyncio.subprocess.Process,
+        app: App,
+        limit: int,
+    ) -> None:
+        """A push over the limit: the pusher is told why and receive-pack stops (SIGTERM: git removes its
+        temporary pack and quarantine; nothing else was stored yet)."""
+        if not _too_large(feeder):
+            return
+        log.warning("push to %s refused: over the limit of %d bytes", app.name, limit)
+        self._tell(
+            process,
+            f"encom: push refused: it is larger than {format_bytes(limit)} ({limit} bytes), the cluster's limit "
+            "on a push (setting max_push_bytes)\n",
+        )
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
 
-async def _feed(src: asyncssh.SSHReader[bytes], dst: asyncio.StreamWriter) -> None:
+
+def format_bytes(n: int) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.4g} {unit}"
+    return f"{n} bytes"
+
+
+def _too_large(feeder: asyncio.Task[bool]) -> bool:
+    return feeder.done() and not feeder.cancelled() and feeder.exception() is None and not feeder.result()
+
+
+async def _feed(src: asyncssh.SSHReader[bytes], dst: asyncio.StreamWriter, limit: int) -> bool:
+    """Copy the pusher's bytes to receive-pack, chunk by chunk; False (and stop) once they pass `limit`."""
+    received = 0
     try:
-        while chunk := await src.read(CHUNK):
+        while chunk := await src.read(RECEIVE_WINDOW):
+            received += len(chunk)
+            if received > limit:
+                return False
             dst.write(chunk)
             await dst.drain()
     except (ConnectionError, asyncssh.Error):
@@ -270,6 +326,7 @@ async def _feed(src: asyncssh.SSHReader[bytes], dst: asyncio.StreamWriter) -> No
     finally:
         with contextlib.suppress(Exception):
             dst.close()
+    return True
 
 
 async def _copy(src: asyncio.StreamReader, dst: asyncssh.SSHWriter[bytes]) -> None:
@@ -312,6 +369,7 @@ async def run(ctx: RoleContext) -> None:
         server_host_keys=[host_key],
         process_factory=receive.handle,
         encoding=None,
+        window=RECEIVE_WINDOW,
         allow_pty=False,
         agent_forwarding=False,
         x11_forwarding=False,

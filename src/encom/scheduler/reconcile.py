@@ -56,6 +56,7 @@ class Plan:
     stop: list[str] = field(default_factory=list)  # job ids
     drop: list[RestartSlot] = field(default_factory=list)  # restart slots no longer wanted
     wake_at: float | None = None  # the earliest restart still waiting for its backoff
+    unplaced: list[tuple[FormationKey, int]] = field(default_factory=list)  # new dynos with no host to go to
 
     @property
     def empty(self) -> bool:
@@ -141,19 +142,19 @@ def _wanted_starts(
         if not key.type:
             continue
         missing = desired[key] - len(groups.get(key, _Occupants()))
-        taken = used[key]
-        for _ in range(missing):
-            index = _lowest_free(taken)
-            taken.add(index)
-            wanted.append((key, index, None))
+        wanted.extend((key, index, None) for index in _lowest_free(used[key], missing))
     return wanted
 
 
-def _lowest_free(taken: set[int]) -> int:
-    index = 1
-    while index in taken:
+def _lowest_free(taken: set[int], count: int) -> list[int]:
+    """The `count` lowest indices from 1 not in `taken`, in one pass (linear in count + taken)."""
+    free: list[int] = []
+    index = 0
+    while len(free) < count:
         index += 1
-    return index
+        if index not in taken:
+            free.append(index)
+    return free
 
 
 def _place(
@@ -162,8 +163,10 @@ def _place(
     hosts: Sequence[str],
     plan: Plan,
 ) -> None:
-    """Each start goes to the host with the fewest jobs of its formation type, then the fewest jobs overall."""
+    """Each start goes to the host with the fewest jobs of its formation type, then the fewest jobs overall.
+    With no host, new dynos are `unplaced` (they wait as pending); restarts keep their slots."""
     if not hosts:
+        plan.unplaced.extend((key, index) for key, index, slot in wanted if slot is None)
         return
     total: Counter[str] = Counter(j.host_id for j in remaining)
     same: Counter[tuple[FormationKey, str]] = Counter((j.key, j.host_id) for j in remaining)

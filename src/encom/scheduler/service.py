@@ -19,15 +19,24 @@ from encom.api.client import ca_context
 from encom.api.errors import ApiError
 from encom.api.role import RoleContext
 from encom.api.settings import Settings
-from encom.api.types import ACTIVE_JOB_STATES, Event, HostJob, InstanceRegistration, Job, ServiceEvent, utcnow
+from encom.api.types import (
+    ACTIVE_JOB_STATES,
+    Event,
+    HostJob,
+    InstanceRegistration,
+    Job,
+    JobState,
+    ServiceEvent,
+    utcnow,
+)
 from encom.controller.client import ControllerClient
 from encom.discoverd.client import HOST_SERVICE, DiscoverdClient, Heartbeat
 from encom.host.client import HostClient
 from encom.scheduler.hosts import HostLink, host_of
-from encom.scheduler.reconcile import StartJob, reconcile
+from encom.scheduler.reconcile import FormationKey, StartJob, reconcile
 from encom.scheduler.reporter import JobReporter
-from encom.scheduler.specs import controller_job, job_spec
-from encom.scheduler.state import Change, SchedulerState
+from encom.scheduler.specs import controller_job, job_spec, unplaced_job
+from encom.scheduler.state import Change, SchedulerState, TrackedJob
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -39,6 +48,7 @@ SETTLE_MAX = 1.0
 RESYNC_INTERVAL = 10.0
 RETRY_MIN = 0.5
 RETRY_MAX = 10.0
+NEW_HOST_OFFER = 1.0  # seconds after a host appears before waiting jobs are offered (it is synced first)
 HOST_PROBES = 3  # a host that left discoverd is dropped once this many status probes, 1 s apart, fail
 
 
@@ -59,7 +69,7 @@ class Scheduler:
         self.controller = controller
         self.discoverd = discoverd
         self.instance_id = f"scheduler-{settings.host_id}"
-        self.state = SchedulerState()
+        self.state = SchedulerState(max_count=settings.max_processes_per_type)
         self.hosts: dict[str, HostLink] = {}
         self.reporter = JobReporter(controller)
         self.changed = asyncio.Event()
@@ -347,6 +357,7 @@ class Scheduler:
         if link is not None:
             self._spawn(link.close())
         link = HostLink(host_id, url, HostClient(url, self.settings.internal_secret))
+        self.state.offer_soon(time.monotonic() + NEW_HOST_OFFER)
         link.task = asyncio.create_task(self._follow_host(link), name=f"scheduler-host-{host_id}")
         self.hosts[host_id] = link
         log.info("following host %s at %s", host_id, url)
@@ -447,13 +458,43 @@ class Scheduler:
         jobs, slots = self.state.views()
         hosts = sorted(host_id for host_id, link in self.hosts.items() if link.synced)
         plan = reconcile(self.state.desired(), jobs, slots, hosts, now)
-        self.wake_at = plan.wake_at
         for slot in plan.drop:
             self.state.take_slot(slot)
         for job_id in plan.stop:
             self._stop(job_id)
         for start in plan.start:
             self._start(start, now)
+        for key, index in plan.unplaced:
+            self._hold(key, index, now)
+        self._offer_waiting(hosts, now)
+        wakes = [at for at in (plan.wake_at, self.state.placement_wake()) if at is not None]
+        self.wake_at = min(wakes, default=None)
+
+    def _hold(self, key: FormationKey, index: int, now: float) -> None:
+        """A new dyno while no host is available: pending with the reason, offered once a host is there."""
+        formation = self.state.formation(key)
+        if formation is None:
+            return
+        job = self.state.add_pending(job_spec(formation, key.type, index), "", now)
+        reason = "waiting for a host: no host is available"
+        self.state.defer(job.id, reason, now)
+        log.warning("%s %s (%s) is pending: %s", formation.app.name, job.spec.dyno, job.id, reason)
+        self._report_unplaced(job, "pending", reason)
+
+    def _offer_waiting(self, hosts: list[str], now: float) -> None:
+        """Offer the jobs no host could take, whose backoff is over, to the host with the fewest jobs."""
+        due = self.state.due_for_placement(now)
+        if not due or not hosts:
+            return
+        load = {host_id: 0 for host_id in hosts}
+        for job in self.state.jobs.values():
+            if job.host_id in load and job.waiting is None:
+                load[job.host_id] += 1
+        for job in due:
+            host_id = min(hosts, key=lambda h: (load[h], h))
+            load[host_id] += 1
+            job.host_id, job.retry_at = host_id, None
+            self._spawn(self._add_job(self.hosts[host_id], job.id))
 
     def _start(self, start: StartJob, now: float) -> None:
         formation = self.state.formation(start.key)
@@ -474,6 +515,9 @@ class Scheduler:
         try:
             host_job = await link.client.add_job(job.spec)
         except ApiError as exc:
+            if exc.status == 409 and not await self._exists_on(link, job_id):
+                self._refused(link, job, exc.message)
+                return
             if exc.status == 409:  # it exists already; its events tell the rest
                 return
             log.warning("host %s refused job %s: %s", link.id, job_id, exc)
@@ -486,8 +530,38 @@ class Scheduler:
         if job.stop_requested:  # scaled down while the host was starting it
             await self._stop_on_host(link, job_id)
 
+    async def _exists_on(self, link: HostLink, job_id: str) -> bool:
+        """After a 409: whether the host has the job (a retried add) or refused it (no room: no free port...)."""
+        try:
+            await link.client.get_job(job_id)
+        except ApiError as exc:
+            return exc.status != 404
+        return True
+
+    def _refused(self, link: HostLink, job: TrackedJob, message: str) -> None:
+        """No room on the host: the job waits as `pending` with the reason, offered again after a backoff."""
+        reason = f"waiting for a host: host {link.id}: {message}"
+        changed = job.waiting != reason
+        if self.state.defer(job.id, reason, time.monotonic()) is None:
+            return
+        if job.stop_requested:  # scaled down while it was being offered
+            self._stop(job.id)
+            return
+        if changed:
+            log.warning("%s %s (%s) is pending: %s", job.spec.app_name, job.spec.dyno, job.id, reason)
+            self._report_unplaced(job, "pending", reason)
+        self.trigger()
+
+    def _report_unplaced(self, job: TrackedJob, state: JobState, reason: str) -> None:
+        if self.is_leader:
+            self.reporter.report(unplaced_job(job.spec, job.created, job.restarts, state, reason))
+
     def _stop(self, job_id: str) -> None:
         job = self.state.request_stop(job_id)
+        if job is not None and job.waiting is not None and job.retry_at is not None:
+            self.state.drop_waiting(job_id, time.monotonic())
+            self._report_unplaced(job, "down", f"scaled down before a host took it ({job.waiting})")
+            return
         if job is None or job.state == "pending":
             return  # a pending job is stopped as soon as its host acknowledges it
         link = self.hosts.get(job.host_id)

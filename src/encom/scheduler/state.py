@@ -18,6 +18,14 @@ from encom.scheduler.specs import parse_dyno
 # States only move forward; a late or replayed event carrying an earlier state is ignored.
 STATE_RANK = {"pending": 0, "starting": 1, "up": 2, "stopping": 3, "down": 4, "crashed": 4, "failed": 4}
 ENDED_MEMORY = 600.0  # how long an ended job id is remembered, so its replayed events are ignored
+PLACE_RETRY_MIN = 1.0  # a job no host could take is offered again after this, doubling...
+PLACE_RETRY_MAX = 30.0  # ...up to this
+DEFAULT_MAX_COUNT = 100  # the cluster's max_processes_per_type, unless the scheduler is told otherwise
+
+
+def place_retry_delay(attempts: int) -> float:
+    """The wait before offering a job to a host again after `attempts` refusals."""
+    return min(PLACE_RETRY_MIN * 2.0 ** min(max(attempts - 1, 0), 16), PLACE_RETRY_MAX)
 
 
 @dataclass
@@ -31,6 +39,9 @@ class TrackedJob:
     restarts: int = 0
     stop_requested: bool = False
     up_since: float | None = None  # monotonic
+    waiting: str | None = None  # why no host has taken it yet (it stays "pending" meanwhile)
+    retry_at: float | None = None  # monotonic: when to offer it to a host again (None: being offered)
+    refusals: int = 0
 
     @property
     def id(self) -> str:
@@ -78,6 +89,7 @@ class SchedulerState:
     slots: dict[tuple[FormationKey, int], RestartSlot] = field(default_factory=dict)
     tracker: RestartTracker = field(default_factory=RestartTracker)
     ended: dict[str, float] = field(default_factory=dict)  # job id -> monotonic time it ended
+    max_count: int = DEFAULT_MAX_COUNT  # counts above it (stored before the API bounded them) are capped
 
     # ------------------------------------------------------------ desired state
 
@@ -86,7 +98,7 @@ class SchedulerState:
         for formation in self.formations.values():
             for type_, count in formation.processes.items():
                 if count > 0 and type_ in formation.release.processes:
-                    out[FormationKey(formation.app.id, formation.release.id, type_)] = count
+                    out[FormationKey(formation.app.id, formation.release.id, type_)] = min(count, self.max_count)
         return out
 
     def set_formation(self, formation: ExpandedFormation) -> None:
@@ -129,6 +141,40 @@ class SchedulerState:
         self.jobs[job.id] = job
         return job
 
+    def defer(self, job_id: str, reason: str, now: float) -> TrackedJob | None:
+        """A host refused the job for lack of room: it stays pending, with the reason, and is offered again
+        after a backoff (never in a tight loop)."""
+        job = self.jobs.get(job_id)
+        if job is None or job.host_job is not None:
+            return None
+        job.refusals += 1
+        job.waiting = reason
+        job.retry_at = now + place_retry_delay(job.refusals)
+        return job
+
+    def due_for_placement(self, now: float) -> list[TrackedJob]:
+        return [
+            job
+            for job in self.jobs.values()
+            if job.waiting is not None and job.retry_at is not None and job.retry_at <= now and not job.stop_requested
+        ]
+
+    def offer_soon(self, at: float) -> None:
+        """Room may have appeared (a new host): offer every waiting job again at `at` at the latest."""
+        for job in self.jobs.values():
+            if job.waiting is not None and job.retry_at is not None:
+                job.retry_at = min(job.retry_at, at)
+
+    def placement_wake(self) -> float | None:
+        return min((job.retry_at for job in self.jobs.values() if job.waiting and job.retry_at), default=None)
+
+    def drop_waiting(self, job_id: str, now: float) -> TrackedJob | None:
+        """Forget a job no host ever took (scaled down meanwhile)."""
+        job = self.jobs.pop(job_id, None)
+        if job is not None:
+            self.ended[job_id] = now
+        return job
+
     def take_slot(self, slot: RestartSlot) -> None:
         self.slots.pop((slot.key, slot.index), None)
 
@@ -144,6 +190,7 @@ class SchedulerState:
         job.host_job = host_job
         job.host_id = host_job.host_id
         job.state = host_job.state
+        job.waiting = job.retry_at = None
         if host_job.state == "up" and job.up_since is None:
             job.up_since = now
         if host_job.state in ENDED_JOB_STATES:
