@@ -21,6 +21,7 @@ from tests.e2e.conftest import Cluster, User, curl, wait_for
 from tests.security.conftest import Victim, attacker_repo, victim_serves
 
 NOBODY = 65534
+JOB_READABLE = ("rootfs", "hosts", "resolv.conf", "app")  # in a job's bundle: what its container reads
 DEBIAN_PYTHON = "/usr/bin/python3"
 
 # Run as another uid: try to open every path (and list every directory); print those that worked.
@@ -101,7 +102,7 @@ def open_modes(root: Path) -> list[str]:
         if stat.S_ISLNK(st.st_mode) or not stat.S_IMODE(st.st_mode) & 0o077:
             continue
         parts = path.relative_to(root).parts
-        in_bundle = parts[:2] == ("host", "jobs") and len(parts) > 3 and parts[3] in ("rootfs", "hosts", "resolv.conf", "app")
+        in_bundle = parts[:2] == ("host", "jobs") and len(parts) > 3 and parts[3] in JOB_READABLE
         if not in_bundle:
             found.append(f"{oct(stat.S_IMODE(st.st_mode))} {path}")
     return found
