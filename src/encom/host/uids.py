@@ -40,8 +40,10 @@ class UidAllocator:
             raise RuntimeError(f"the app uid table {self.path} is not a JSON object")
         if "apps" not in data:  # the old format: the mapping alone
             data = {"apps": data}
+        if not isinstance(data["apps"], dict):
+            raise RuntimeError(f"the app uid table {self.path} has no mapping of apps")
         try:
-            uids = {str(app): int(uid) for app, uid in dict(data["apps"]).items()}
+            uids = {str(app): int(uid) for app, uid in data["apps"].items()}
             stored_next = int(data.get("next", self.first))
         except (TypeError, ValueError) as exc:
             raise RuntimeError(f"the app uid table {self.path} is malformed: {exc}") from exc
