@@ -96,7 +96,7 @@ class BlobDir:
         target = self.file(path)
         for _ in range(3):  # a concurrent DELETE may prune the parent between mkdir and rename
             try:
-                target.parent.mkdir(parents=True, exist_ok=True)
+                private_dir(target.parent)
                 os.replace(temp, target)
                 return
             except FileNotFoundError:
