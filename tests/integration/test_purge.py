@@ -104,10 +104,10 @@ async def test_the_purger_removes_a_deleted_app_everywhere_and_resumes_after_a_r
         delete_app(db, first)
 
         purging = asyncio.create_task(Purger(settings, db, hub).run())
-        await eventually(lambda: _gone(cluster, first), "the first app to be purged", seconds=WAIT)
+        await eventually(lambda: _cursor_past(settings, 0), "the first deletion to be carried out", seconds=WAIT)
+        assert await _gone(cluster, first)
         assert secrets["first"].encode() not in database_bytes(db_path)
-        cursor = int((settings.data_dir / "controller" / "purged").read_text())
-        assert cursor > 0
+        cursor = _cursor(settings)
         purging.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await purging
@@ -117,8 +117,8 @@ async def test_the_purger_removes_a_deleted_app_everywhere_and_resumes_after_a_r
         await cluster.blobstore.put(f"caches/{second}.tar", b"a build cache")
         delete_app(db, second)
         purging = asyncio.create_task(Purger(settings, db, hub).run())
-        await eventually(lambda: _gone(cluster, second), "the second app to be purged", seconds=WAIT)
-        assert int((settings.data_dir / "controller" / "purged").read_text()) > cursor
+        await eventually(lambda: _cursor_past(settings, cursor), "the second deletion to be carried out", seconds=WAIT)
+        assert await _gone(cluster, second)
         assert secrets["second"].encode() not in database_bytes(db_path)
         purging.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -126,6 +126,17 @@ async def test_the_purger_removes_a_deleted_app_everywhere_and_resumes_after_a_r
     finally:
         hub.close()
         db.close()
+
+
+def _cursor(settings: Settings) -> int:
+    """The id of the last deletion the purger carried out fully (0: none yet)."""
+    with contextlib.suppress(FileNotFoundError):
+        return int((settings.data_dir / "controller" / "purged").read_text())
+    return 0
+
+
+async def _cursor_past(settings: Settings, previous: int) -> bool:
+    return _cursor(settings) > previous
 
 
 async def _gone(cluster: Cluster, app_id: str) -> bool:
