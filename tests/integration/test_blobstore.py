@@ -243,3 +243,27 @@ async def test_an_interrupted_put_leaves_nothing(blobstore: Blobstore) -> None:
     else:
         pytest.fail("the partial upload's temp file was not removed within 5 s")
     assert await client.get("cut/blob") == b"old"
+
+
+async def test_a_tree_of_blobs_is_deleted_with_the_secret_only(blobstore: Blobstore) -> None:
+    client = blobstore.client
+    for path in ("slugs/doomed/a.tgz", "slugs/doomed/b.tgz", "slugs/kept/c.tgz", "caches/doomed.tar"):
+        await client.put(path, b"data of " + path.encode())
+    signed = client.signed_url("slugs/doomed", "DELETE")
+    refused = await blobstore.anonymous.delete(signed + "&recursive=true")
+    assert refused.status_code == 401
+    assert "needs the internal secret" in refused.json()["message"]
+    assert await client.exists("slugs/doomed/a.tgz")
+
+    assert await client.delete("slugs/doomed", recursive=True)
+    assert await client.delete("caches/doomed.tar", recursive=True)  # a single blob too
+    assert not await client.delete("slugs/doomed", recursive=True)  # nothing left: 404
+    assert sorted(p.relative_to(blobstore.root).as_posix() for p in blobstore.root.rglob("*")) == [
+        ".tmp",
+        "slugs",
+        "slugs/kept",
+        "slugs/kept/c.tgz",
+    ]
+    with pytest.raises(ApiError) as refused_path:
+        await client.delete("slugs/../x", recursive=True)
+    assert refused_path.value.status == 400

@@ -41,8 +41,10 @@ def test_saving_over_a_readable_file_makes_it_private(xdg: Path) -> None:
     path.parent.mkdir(parents=True)
     path.write_text("")
     path.chmod(0o644)
+    path.parent.chmod(0o755)
     save_config(Config(default="a", clusters=[cluster("a")]))
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
 
 
 def test_config_dir_defaults_to_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

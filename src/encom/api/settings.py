@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from encom.api.files import write_private
+from encom.api.files import private_dir, write_private
 
 ALL_ROLES = ("discoverd", "blobstore", "host", "controller", "scheduler", "router", "gitreceive")
 SETTINGS_FILE = "encomd.json"
@@ -52,9 +52,7 @@ class Settings(BaseModel):
 
     # Derived locations. Each component owns its own directory under data_dir.
     def dir(self, component: str) -> Path:
-        path = self.data_dir / component
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+        return private_dir(self.data_dir / component)
 
     @property
     def tls_dir(self) -> Path:
@@ -91,7 +89,7 @@ class Settings(BaseModel):
         return self.url("host")
 
     def save(self) -> Path:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.data_dir)
         path = self.data_dir / SETTINGS_FILE
         write_private(path, self.model_dump_json(indent=2))
         return path

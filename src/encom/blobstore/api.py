@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import os
 import re
+import shutil
 import stat
 import tempfile
 import time
@@ -21,6 +22,7 @@ from starlette.responses import StreamingResponse
 
 from encom.api.auth import key_from_header, key_matches
 from encom.api.errors import Conflict, NotFound, Unauthorized, ValidationError
+from encom.api.files import private_dir
 from encom.api.server import make_app
 from encom.blobstore.client import blob_signature
 
@@ -75,7 +77,7 @@ class BlobDir:
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
         self.tmp = self.root / TMP_DIR
-        self.tmp.mkdir(parents=True, exist_ok=True)
+        private_dir(self.tmp)
         for leftover in self.tmp.iterdir():  # PUTs cut short by a crash; only one blobstore uses this dir
             leftover.unlink(missing_ok=True)
 
@@ -94,7 +96,7 @@ class BlobDir:
         target = self.file(path)
         for _ in range(3):  # a concurrent DELETE may prune the parent between mkdir and rename
             try:
-                target.parent.mkdir(parents=True, exist_ok=True)
+                private_dir(target.parent)
                 os.replace(temp, target)
                 return
             except FileNotFoundError:
@@ -109,6 +111,15 @@ class BlobDir:
             target.unlink()
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError):
             return False
+        self._prune_empty_parents(target.parent)
+        return True
+
+    def remove_tree(self, path: str) -> bool:
+        """Remove the blob or the directory of blobs at `path`; False when there was nothing."""
+        target = self.file(path)
+        if target.is_symlink() or not target.is_dir():
+            return self.remove(path)
+        shutil.rmtree(target)
         self._prune_empty_parents(target.parent)
         return True
 
@@ -157,8 +168,14 @@ def create_app(blobs: BlobDir, secret: str) -> FastAPI:
         return Response(headers={"Content-Length": str(size)}, media_type="application/octet-stream")
 
     @router.delete("/blobs/{path:path}", status_code=204)
-    async def delete_blob(path: str = Depends(authorize)) -> Response:
-        if not await asyncio.to_thread(blobs.remove, path):
+    async def delete_blob(request: Request, recursive: bool = False, path: str = Depends(authorize)) -> Response:
+        if recursive:
+            if not key_matches(key_from_header(request.headers.get("authorization")), (secret,)):
+                raise Unauthorized("deleting a tree of blobs needs the internal secret, not a signed URL")
+            removed = await asyncio.to_thread(blobs.remove_tree, path)
+        else:
+            removed = await asyncio.to_thread(blobs.remove, path)
+        if not removed:
             raise NotFound(f"blob {path} not found")
         return Response(status_code=204)
 

@@ -4,7 +4,8 @@ API (auth: the internal secret as Bearer, or a signed URL's `exp` and `sig` quer
   PUT    /blobs/{path}   raw body (streamed) -> 201 {"path", "size", "sha256"}
   GET    /blobs/{path}   -> raw body (404 when missing)
   HEAD   /blobs/{path}   -> 200 with Content-Length, or 404
-  DELETE /blobs/{path}   -> 204 (404 when missing)
+  DELETE /blobs/{path}   -> 204 (404 when missing); with ?recursive=true (internal secret only) `path` may also be
+                            a directory: every blob under it goes
 Paths are relative, `/`-separated, made of [A-Za-z0-9._-] segments; `..`, empty and hidden segments are refused
 with 400. A signed URL grants one method on one path until `exp` (unix seconds):
   sig = hex(HMAC-SHA256(secret, f"{METHOD}\\n/blobs/{path}\\n{exp}"))
@@ -21,6 +22,12 @@ from urllib.parse import urlencode
 
 from encom.api.client import ApiClient
 from encom.api.errors import ApiError
+
+
+def app_blob_paths(app_id: str) -> list[str]:
+    """Where an app's blobs live (see `encom.gitreceive.receiver.BlobPaths`): its sources, slugs and build results
+    under its id, and its build cache. Deleting these deletes everything the blobstore has of the app."""
+    return [f"sources/{app_id}", f"slugs/{app_id}", f"builds/{app_id}", f"caches/{app_id}.tar"]
 
 
 def blob_signature(secret: str, method: str, path: str, exp: int) -> str:
@@ -67,9 +74,11 @@ class BlobstoreClient(ApiClient):
             raise
         return True
 
-    async def delete(self, path: str) -> bool:
+    async def delete(self, path: str, recursive: bool = False) -> bool:
+        """Delete a blob (or, `recursive`, every blob under a directory); False when there was none."""
+        params = {"recursive": "true"} if recursive else None
         try:
-            await self.request("DELETE", blob_path(path))
+            await self.request("DELETE", blob_path(path), params=params)
         except ApiError as exc:
             if exc.status == 404:
                 return False

@@ -18,6 +18,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from encom.api.files import PRIVATE_UMASK, tighten_state_dir, write_private
 from encom.api.role import RoleContext
 from encom.api.settings import ALL_ROLES, Settings
 
@@ -105,7 +106,7 @@ class Daemon:
             done, _ = await asyncio.wait({starting, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
             if starting in done:
                 starting.result()
-                ready_file.write_text(str(os.getpid()))
+                write_private(ready_file, str(os.getpid()))
                 log.info("encomd ready: roles %s", ", ".join(self.settings.roles))
                 await stop_wait
             else:
@@ -124,12 +125,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    # Before any role starts: every file encomd and its children (git, the receiver hook, HAProxy, runc) create is
+    # owner-only from the first byte. What a job needs to read gets an explicit mode where it is written.
+    os.umask(PRIVATE_UMASK)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     settings = Settings.load(args.data_dir)
     if args.roles:
         settings.roles = [r.strip() for r in args.roles.split(",") if r.strip()]
+    tighten_state_dir(settings.data_dir)
     become_subreaper()
-    (settings.data_dir / PID_FILE).write_text(str(os.getpid()))
+    write_private(settings.data_dir / PID_FILE, str(os.getpid()))
     try:
         asyncio.run(Daemon(settings).run())
     finally:

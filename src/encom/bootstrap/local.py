@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from encom.api.client import ca_context
+from encom.api.files import PRIVATE_UMASK, private_dir
 from encom.api.procs import process_alive
 from encom.api.settings import SETTINGS_FILE, Ports, Settings
 from encom.bootstrap.daemon import PID_FILE, READY_FILE
@@ -41,6 +42,7 @@ def ports_from_base(base: int) -> Ports:
 
 def load_or_create(data_dir: Path, port_base: int | None = None, domain: str | None = None) -> Settings:
     """The existing settings of `data_dir`, or new ones (keys and secrets generated once, kept after)."""
+    private_dir(data_dir)
     if (data_dir / SETTINGS_FILE).exists():
         return Settings.load(data_dir)
     settings = Settings(data_dir=data_dir)
@@ -62,7 +64,7 @@ def running_pid(settings: Settings) -> int | None:
 
 def spawn(settings: Settings) -> int:
     log_path = settings.log_dir / "encomd.log"
-    with open(log_path, "ab") as log_file:
+    with open(os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab") as log_file:
         proc = subprocess.Popen(
             [sys.executable, "-m", "encom.bootstrap.daemon", "--data-dir", str(settings.data_dir)],
             stdin=subprocess.DEVNULL,
@@ -99,7 +101,11 @@ def wait_healthy(settings: Settings, pid: int, timeout: float = START_TIMEOUT) -
 
 def start(settings: Settings) -> int:
     """Start encomd unless it already runs; wait until it is healthy. Returns its pid."""
-    ensure_tls(settings)
+    previous = os.umask(PRIVATE_UMASK)  # the CA, keys and certificates made here are owner-only like encomd's files
+    try:
+        ensure_tls(settings)
+    finally:
+        os.umask(previous)
     pid = running_pid(settings)
     if pid is None:
         (settings.data_dir / READY_FILE).unlink(missing_ok=True)

@@ -51,7 +51,7 @@ def create_ca(cert_path: Path, key_path: Path) -> None:
         .sign(key, hashes.SHA256())
     )
     write_private(key_path, _key_pem(key))
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM))
 
 
 def issue_cert(ca_cert_path: Path, ca_key_path: Path, names: list[str], cert_path: Path, key_path: Path) -> None:
@@ -80,7 +80,7 @@ def issue_cert(ca_cert_path: Path, ca_key_path: Path, names: list[str], cert_pat
         .sign(ca_key, hashes.SHA256())
     )
     write_private(key_path, _key_pem(key))
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM) + ca_cert_path.read_bytes())
+    write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM) + ca_cert_path.read_bytes())
 
 
 def controller_cert_paths(settings: Settings) -> tuple[Path, Path]:

@@ -95,7 +95,8 @@ def info() -> None:
 @click.option("-y", "--yes", is_flag=True, help="do not ask for confirmation")
 @click.option("-r", "--remote", default=DEFAULT_REMOTE, show_default=True, help="git remote to remove")
 def delete(yes: bool, remote: str) -> None:
-    """Delete an app, its routes and releases."""
+    """Delete an app and everything it has: releases, routes, drains, its git repository, sources, slugs, build
+    caches, jobs and their logs (removed from every host in the background)."""
     target = current_target()
     if not yes:
         click.confirm(f'Are you sure you want to delete the app "{target.app}"?', default=False, abort=True)

@@ -12,7 +12,15 @@ import click
 
 from encom.api.client import cert_pin, pinned_context
 from encom.api.errors import ApiError
-from encom.cli.config import ClusterConfig, Config, ConfigError, cert_path, check_cluster_name, save_config
+from encom.cli.config import (
+    ClusterConfig,
+    Config,
+    ConfigError,
+    cert_path,
+    check_cluster_name,
+    save_config,
+    write_private,
+)
 from encom.cli.context import read_config
 from encom.cli.output import CliError, print_table
 from encom.controller.client import ControllerClient
@@ -101,8 +109,7 @@ def add_cluster(
     pem = ssl.DER_cert_to_PEM_cert(der)
     asyncio.run(check_key(url, key, pem))
     cluster = ClusterConfig(name=name, url=url, key=key, tls_pin=pin.strip(), git_url=git_url or default_git_url(host))
-    cert_path(name).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    cert_path(name).write_text(pem)
+    write_private(cert_path(name), pem)
     for other in replaced:
         config.remove(other)
         cert_path(other).unlink(missing_ok=True)

@@ -103,7 +103,7 @@ def load_config(path: Path | None = None) -> Config:
 
 def write_private(path: Path, text: str) -> None:
     """Write a file only its owner can read, atomically (it holds the cluster keys)."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    files.private_dir(path.parent)  # also an existing one: it holds the cluster keys and pinned certificates
     files.write_private(path, text)
 
 

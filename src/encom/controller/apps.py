@@ -1,4 +1,8 @@
-"""Apps: create (with the default route), look up by id or name, delete (scaling everything down first)."""
+"""Apps: create (with the default route), look up by id or name, delete (scaling everything down first).
+
+Deleting an app removes its rows in one transaction, its past events with them (they carry its env, commands and
+routes) but for the deletions its followers still need (`app_deletion`, `route_deletion`, `drain_deletion`,
+`formation`). The `app_deletion` event then drives the removal of what other components keep (`purge.py`)."""
 
 from __future__ import annotations
 
@@ -22,7 +26,10 @@ from encom.api.types import (
     utcnow,
 )
 from encom.controller import convert, drains, events, formations, routes
-from encom.controller.models import AppRow, DeploymentRow, FormationRow, ReleaseRow
+from encom.controller.models import AppRow, ArtifactRow, DeploymentRow, EventRow, FormationRow, JobRow, ReleaseRow
+
+# What followers of the event log still need once an app is gone (the scheduler, the router, the purge).
+KEPT_EVENTS = ("app_deletion", "route_deletion", "drain_deletion", "formation")
 
 
 def find_app(session: Session, ref: str, *, lock: bool = False) -> AppRow:
@@ -105,9 +112,20 @@ def delete_app(session: Session, ref: str) -> AppDeleted:
     drains.delete_app_drains(session, row)
     session.execute(delete(FormationRow).where(FormationRow.app_id == row.id))
     session.execute(delete(DeploymentRow).where(DeploymentRow.app_id == row.id))
-    release_ids = list(session.scalars(select(ReleaseRow.id).where(ReleaseRow.app_id == row.id)))
+    releases = session.execute(select(ReleaseRow.id, ReleaseRow.artifact_id).where(ReleaseRow.app_id == row.id)).all()
     session.execute(delete(ReleaseRow).where(ReleaseRow.app_id == row.id))
+    artifact_ids = {artifact for _, artifact in releases if artifact is not None}
+    still_used = select(ReleaseRow.artifact_id).where(ReleaseRow.artifact_id.is_not(None))  # another app's release
+    session.execute(delete(ArtifactRow).where(ArtifactRow.id.in_(artifact_ids), ArtifactRow.id.not_in(still_used)))
     session.delete(row)
-    result = AppDeleted(app=app, deleted_routes=deleted_routes, deleted_releases=len(release_ids))
+    scrub_app_records(session, row.id)
+    result = AppDeleted(app=app, deleted_routes=deleted_routes, deleted_releases=len(releases))
     events.record(session, "app_deletion", row.id, result, row.id)
     return result
+
+
+def scrub_app_records(session: Session, app_id: str) -> None:
+    """A deleted app's jobs and past events (but `KEPT_EVENTS`). Again after its hosts have stopped its jobs:
+    their last state reports come after the deletion."""
+    session.execute(delete(JobRow).where(JobRow.app_id == app_id))
+    session.execute(delete(EventRow).where(EventRow.app_id == app_id, EventRow.object_type.not_in(KEPT_EVENTS)))

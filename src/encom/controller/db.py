@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,8 +12,10 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from encom.api.files import restrict
 from encom.api.settings import Settings
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -35,6 +38,8 @@ def _setup_sqlite(engine: Engine) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
+        # Deleted rows (a deleted app's env, a drain's password) are overwritten, not left in free pages.
+        cursor.execute("PRAGMA secure_delete=ON")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -43,8 +48,21 @@ def _setup_sqlite(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
+def prepare_sqlite_file(url: str) -> None:
+    """The database file exists with mode 0600 before SQLite opens it: SQLite gives its -wal and -shm files the
+    database's mode, so they are private from creation too. Files of older versions lose group/other bits."""
+    database = make_url(url).database
+    if not database or database == ":memory:":
+        return
+    path = Path(database)
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        restrict(path.with_name(path.name + suffix))
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
+        prepare_sqlite_file(url)
         engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT, "check_same_thread": False})
         _setup_sqlite(engine)
         return engine
@@ -84,6 +102,20 @@ class Database:
                 yield session
             if session.info.get(EVENTS_KEY):
                 self.on_events()
+
+    def truncate_wal(self) -> bool:
+        """Copy the WAL into the database and truncate it to zero bytes, so the old versions of pages (rows deleted
+        since) are gone from it too. False when a reader kept it from completing (try again later)."""
+        if self.engine.dialect.name != "sqlite":
+            return True
+        conn = self.engine.raw_connection()  # outside any transaction (the connection is in autocommit mode)
+        try:
+            cursor = conn.cursor()
+            busy = cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            cursor.close()
+        finally:
+            conn.close()
+        return bool(busy == 0)
 
     def close(self) -> None:
         self.engine.dispose()

@@ -19,6 +19,7 @@ from encom.controller.db import Database, default_url
 from encom.controller.deployer import Deployer
 from encom.controller.drains import Drainer
 from encom.controller.events import EventHub
+from encom.controller.purge import Purger
 
 DATABASE_URL_ENV = "ENCOM_CONTROLLER_DATABASE_URL"
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ async def run(ctx: RoleContext, database_url: str | None = None) -> None:
         hub = EventHub(db)
         deployer = Deployer(settings, db, hub)
         drainer = Drainer(settings, db, hub)
+        purger = Purger(settings, db, hub)
         certfile, keyfile = controller_cert_paths(settings)
         server = embedded_server(
             create_api(Controller(settings, db, hub, deployer.kick)),
@@ -45,14 +47,16 @@ async def run(ctx: RoleContext, database_url: str | None = None) -> None:
         task = asyncio.create_task(run_server(server, ctx.ready))
         deploying = asyncio.create_task(deployer.run(), name="controller-deployer")
         draining = asyncio.create_task(drainer.run(), name="controller-drainer")
+        purging = asyncio.create_task(purger.run(), name="controller-purger")
         try:
             await asyncio.shield(task)
         finally:
             deploying.cancel()
             draining.cancel()
+            purging.cancel()
             hub.close()  # end the SSE streams first so the graceful shutdown does not wait on them
             task.cancel()
-            for running in (deploying, draining, task):
+            for running in (deploying, draining, purging, task):
                 with contextlib.suppress(BaseException):
                     await running
     finally:

@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import shlex
+import shutil
 import signal
 import sys
 from collections import defaultdict
@@ -24,7 +25,7 @@ import asyncssh
 from encom.api.aio import wait_for
 from encom.api.client import ca_context
 from encom.api.errors import ApiError
-from encom.api.files import write_private
+from encom.api.files import private_dir, write_private
 from encom.api.role import RoleContext
 from encom.api.settings import Settings
 from encom.api.types import APP_NAME_RE, App
@@ -71,7 +72,7 @@ def ensure_host_key(path: Path) -> asyncssh.SSHKey:
         return asyncssh.read_private_key(str(path))
     key = asyncssh.generate_private_key("ssh-ed25519")
     write_private(path, key.export_private_key())
-    path.with_suffix(".pub").write_bytes(key.export_public_key())
+    write_private(path.with_suffix(".pub"), key.export_public_key())
     return key
 
 
@@ -106,6 +107,20 @@ class Repos:
         if proc.returncode != 0:
             raise RuntimeError(f"git init {path}: {err.decode(errors='replace').strip()}")
 
+    def app_ids(self) -> set[str]:
+        return {p.name.removesuffix(".git") for p in self.root.glob("*.git")}
+
+    async def remove(self, app_id: str) -> None:
+        """A deleted app's repository goes (idempotent)."""
+        if not SAFE_ID.match(app_id):
+            return
+        path = self.root / f"{app_id}.git"
+        async with self.locks[app_id]:
+            if path.exists():
+                await asyncio.to_thread(shutil.rmtree, path, True)
+                log.info("removed the repository of deleted app %s", app_id)
+        self.locks.pop(app_id, None)
+
     def _write_hook(self, repo: Path) -> None:
         hooks = repo / "hooks"
         hooks.mkdir(exist_ok=True)
@@ -114,8 +129,10 @@ class Repos:
         if hook.exists() and hook.read_text() == script:
             return
         tmp = hooks / "pre-receive.tmp"
-        tmp.write_text(script)
-        tmp.chmod(0o755)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o700)
+        os.fchmod(fd, 0o700)
+        with os.fdopen(fd, "w") as f:
+            f.write(script)
         tmp.replace(hook)
 
 
@@ -192,7 +209,7 @@ class GitReceive:
         self.settings = settings
         self.controller = controller
         self.repos = Repos(settings.dir("gitreceive") / "repos")
-        self.repos.root.mkdir(parents=True, exist_ok=True)
+        private_dir(self.repos.root)
 
     async def handle(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
         owner = process.channel.get_connection().get_owner()
@@ -353,6 +370,28 @@ async def _stop_group(proc: asyncio.subprocess.Process) -> None:
             continue
 
 
+async def remove_deleted_repos(controller: ControllerClient, repos: Repos) -> None:
+    """Follow the controller's app deletions and remove their repositories; at start (and after a lost stream),
+    first remove the repositories of apps that no longer exist (deleted while gitreceive was not following)."""
+    delay = 1.0
+    while True:
+        try:
+            last = await controller.last_event_id()
+            present = repos.app_ids()  # before listing the apps: a repository made after this is an app's that exists
+            live = {app.id for app in await controller.list_apps()}
+            for app_id in present - live:
+                await repos.remove(app_id)
+            async for event in controller.events(object_types=["app_deletion"], last_event_id=last):
+                await repos.remove(event.app_id or event.object_id)
+                delay = 1.0
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("following app deletions: %s; again in %.0fs", exc, delay)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 30.0)
+
+
 async def run(ctx: RoleContext) -> None:
     settings = ctx.settings
     logging.getLogger("asyncssh").setLevel(logging.WARNING)
@@ -376,10 +415,14 @@ async def run(ctx: RoleContext) -> None:
         allow_scp=False,
     )
     log.info("gitreceive listening on %s:%d", settings.bind, settings.ports.gitreceive)
+    cleaner = asyncio.create_task(remove_deleted_repos(controller, receive.repos), name="gitreceive-deletions")
     ctx.ready.set()
     try:
         await asyncio.Event().wait()
     finally:
+        cleaner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await cleaner
         server.close()
         await asyncio.gather(*(conn.close() for conn in list(live)), return_exceptions=True)
         await server.wait_closed()

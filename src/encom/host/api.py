@@ -55,6 +55,11 @@ def build_app(jobs: JobManager, secret: str, url: str) -> FastAPI:
     async def stop_job(job_id: str) -> HostJob:
         return await jobs.stop(job_id, STOP_WAIT)
 
+    @router.delete("/apps/{app_id}", status_code=204)
+    async def purge_app(app_id: str) -> Response:
+        await jobs.purge_app(app_id)
+        return Response(status_code=204)
+
     @router.get("/events")
     async def events() -> StreamingResponse:
         return sse_response(_events(jobs))

@@ -272,8 +272,15 @@ def hosts_file(hostname: str) -> str:
 
 def prepare_rootfs(rootfs: Path) -> None:
     """Mount points and the merged-/usr symlinks; runc makes the rootfs read-only afterwards."""
+    # encomd's umask is 077: the job's uid must still traverse its `/` and the mount points below it.
+    rootfs.mkdir(mode=0o755, exist_ok=True)
+    os.chmod(rootfs, 0o755)
     for d in ROOTFS_DIRS:
-        (rootfs / d).mkdir(parents=True, exist_ok=True)
+        for part in reversed((rootfs / d).relative_to(rootfs).parents[:-1]):
+            (rootfs / part).mkdir(exist_ok=True)
+            os.chmod(rootfs / part, 0o755)
+        (rootfs / d).mkdir(exist_ok=True)
+        os.chmod(rootfs / d, 0o755)
     # runc (1.1) gives a tmpfs the mode of the directory it is mounted on, whatever its mode= option says.
     os.chmod(rootfs / "tmp", 0o1777)
     (rootfs / "encom/bin/uv").touch()
@@ -301,6 +308,8 @@ def write_bundle(spec: HostJobSpec, paths: BundlePaths, opts: BundleOptions) -> 
         shutil.copyfile(resolv, paths.resolv)
     else:
         paths.resolv.write_text("")
+    for readable in (paths.hosts, paths.resolv):  # bound into the container, read by the job's uid
+        os.chmod(readable, 0o644)
     tmp = paths.config.with_suffix(".tmp")
     tmp.write_text(json.dumps(build_config(spec, paths, opts), indent=2))
     tmp.replace(paths.config)

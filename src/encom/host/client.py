@@ -6,6 +6,9 @@ API:
   GET    /host/jobs[?all=true]                -> list[HostJob] (active jobs; with all=true also ended ones)
   GET    /host/jobs/{job_id}                  -> HostJob (404 unknown)
   DELETE /host/jobs/{job_id}                  -> HostJob (stop: deregister, SIGTERM, SIGKILL after stop_grace)
+  DELETE /host/apps/{app_id}                -> 204: a deleted app's jobs are stopped (SIGKILL 2 s after SIGTERM) and
+                                               everything the host kept of it goes: job records and logs, cached
+                                               slugs, its uid's entry (the uid is never reused). Idempotent
   GET    /host/events                         SSE of HostJobEvent: the current state of every active job first,
                                                then each state change (starting, up, stopping, down, crashed, failed)
   GET    /host/jobs/{job_id}/log?lines=N&follow=bool
@@ -56,6 +59,7 @@ from encom.api.types import (
 from encom.discoverd.client import HOST_SERVICE, DiscoverdClient
 
 FOLLOW_IDLE_TIMEOUT = 30.0  # the host sends a keepalive after 10 s of silence
+PURGE_TIMEOUT = 120.0  # stopping a deleted app's jobs: a connection drain (10 s) and the kill grace each
 
 
 class HostClient(ApiClient):
@@ -85,6 +89,10 @@ class HostClient(ApiClient):
 
     async def stop_job(self, job_id: str) -> HostJob:
         return await self.send_model("DELETE", HostJob, f"/host/jobs/{job_id}")
+
+    async def purge_app(self, app_id: str) -> None:
+        """Remove everything this host kept of a deleted app (see the API above)."""
+        await self.request("DELETE", f"/host/apps/{app_id}", timeout=PURGE_TIMEOUT)
 
     async def events(self) -> AsyncIterator[HostJobEvent]:
         async for msg in self.sse("/host/events"):

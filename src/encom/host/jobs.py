@@ -15,6 +15,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from encom.api.aio import wait_for
 from encom.api.errors import Conflict, NotFound, ValidationError
+from encom.api.files import private_dir
 from encom.api.types import RUNNING_HOST_STATES, HostJob, HostJobSpec, LogLine, utcnow
 from encom.host import disk, process
 from encom.host.bundle import JOB_ID_RE
@@ -25,6 +26,7 @@ from encom.host.runtime import RuncError
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE = 2.0
+PURGE_GRACE = 2.0  # a deleted app's jobs still running get SIGKILL this long after SIGTERM
 LIVE_AFTER_END = timedelta(seconds=30)  # an ended job's log is still followed this long (late router lines)
 
 
@@ -44,7 +46,7 @@ class JobManager:
         self.runners: dict[str, JobRunner] = {}
         # per app: fires on every append to one of its jobs' logs, and when it gets a job (its log followers)
         self.log_changed: dict[str, Pulse] = defaultdict(Pulse)
-        jobs_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(jobs_dir)
 
     # ------------------------------------------------------------------ queries
 
@@ -74,7 +76,7 @@ class JobManager:
         except LookupError as exc:
             raise Conflict(str(exc)) from exc
         job = HostJob(spec=spec, host_id=self.deps.host_id, state="starting", port=port, created_at=utcnow())
-        (self.dir / spec.id).mkdir()
+        (self.dir / spec.id).mkdir(mode=0o700)
         runner = JobRunner(self.deps, job, self.dir / spec.id)
         self._track(runner)
         runner.persist()
@@ -97,6 +99,23 @@ class JobManager:
             await asyncio.gather(*(r.detach() for r in runners), return_exceptions=True)
         else:
             await asyncio.gather(*(r.stop(SHUTDOWN_GRACE) for r in runners), return_exceptions=True)
+
+    async def purge_app(self, app_id: str) -> int:
+        """Remove everything this host keeps of a deleted app: its jobs (stopped first, ended ones too) with their
+        records and logs, its slugs in the cache and its uid's entry. Idempotent; returns the jobs removed."""
+        runners = self._app_runners(app_id, None, None)
+        await asyncio.gather(*(r.stop(PURGE_GRACE) for r in runners if not r.ended.is_set()))
+        for runner in runners:
+            self.runners.pop(runner.id, None)
+        self.log_changed.pop(app_id, None)
+        job_dirs = [r.paths.dir for r in runners]
+        keep = {r.job.spec.artifact_url for r in self.runners.values() if r.job.spec.artifact_url}
+        await asyncio.to_thread(_remove_dirs, job_dirs)
+        await asyncio.to_thread(self.deps.slugs.drop_all_but, keep)
+        self.deps.uids.forget(app_id)
+        if runners:
+            log.info("removed the %d jobs of deleted app %s", len(runners), app_id)
+        return len(runners)
 
     # ------------------------------------------------------------------ logs
 
@@ -203,6 +222,11 @@ class JobManager:
                 runner = self.runners.pop(job_id)
                 disk.remove(runner.paths.dir)  # never walk into a job's filesystem
                 shutil.rmtree(runner.paths.dir, ignore_errors=True)
+
+
+def _remove_dirs(dirs: list[Path]) -> None:
+    for directory in dirs:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _load(record: Path) -> HostJob | None:

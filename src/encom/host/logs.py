@@ -17,6 +17,7 @@ from typing import Literal
 from pydantic import ValidationError
 
 from encom.api.aio import wait_for
+from encom.api.files import write_private
 from encom.api.types import LogLine, utcnow
 
 log = logging.getLogger(__name__)
@@ -118,7 +119,7 @@ class JobLog:
             return
         count = self._current_lines() + len(lines)
         data = "".join(line.model_dump_json() + "\n" for line in lines).encode()
-        with open(self.path, "ab") as f:
+        with open(os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab") as f:
             f.write(data)
             size = f.tell()
         if size > LOG_ROTATE_BYTES or count >= LOG_ROTATE_LINES:
@@ -367,9 +368,7 @@ class Tailer:
             return {"stdout": 0, "stderr": 0}
 
     def _save_offsets(self) -> None:
-        tmp = self.offsets_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.offsets))
-        tmp.replace(self.offsets_path)
+        write_private(self.offsets_path, json.dumps(self.offsets))
 
     def _read(self, stream: Stream) -> bytes:
         path = self.raw_path(stream)

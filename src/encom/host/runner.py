@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from encom.api.aio import wait_for
+from encom.api.files import write_private
 from encom.api.types import (
     RUNNING_HOST_STATES,
     HostJob,
@@ -132,9 +133,7 @@ class JobRunner:
     # ------------------------------------------------------------------ records and events
 
     def persist(self) -> None:
-        tmp = self.paths.dir / (RECORD + ".tmp")
-        tmp.write_text(self.job.model_dump_json())
-        tmp.replace(self.paths.dir / RECORD)
+        write_private(self.paths.dir / RECORD, self.job.model_dump_json())  # its env is the app's secrets
 
     def update(self, **changes: object) -> None:
         """Record a change that is not a state change (no event)."""

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from encom.api.aio import wait_for
+from encom.api.files import private_dir
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ class Runc:
     def __init__(self, root: Path, binary: str = "runc") -> None:
         self.root = root
         self.binary = binary
-        root.mkdir(parents=True, exist_ok=True)
+        private_dir(root)
 
     def _base(self) -> list[str]:
         return [self.binary, "--root", str(self.root)]
@@ -110,8 +111,8 @@ class Runc:
             str(pid_file),
             container_id,
         ]
-        out_fd = os.open(stdout, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
-        err_fd = os.open(stderr, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        out_fd = os.open(stdout, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        err_fd = os.open(stderr, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             proc = await asyncio.create_subprocess_exec(
                 *args, stdin=asyncio.subprocess.DEVNULL if stdin is None else stdin, stdout=out_fd, stderr=err_fd

@@ -9,6 +9,7 @@ import os
 import shutil
 from pathlib import Path
 
+from encom.api.files import private_dir
 from encom.blobstore.client import BlobstoreClient
 from encom.host import unpack
 
@@ -23,16 +24,27 @@ def blob_path_of(url: str) -> str:
     return url.removeprefix("blobs/")
 
 
+def cache_key(url: str) -> str:
+    return hashlib.sha256(url.encode()).hexdigest()[:32]
+
+
 class SlugCache:
     def __init__(self, cache_dir: Path, blobstore: BlobstoreClient) -> None:
         self.dir = cache_dir
         self.blobstore = blobstore
         self.locks: dict[str, asyncio.Lock] = {}
-        cache_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(cache_dir)
+
+    def drop_all_but(self, urls: set[str]) -> None:
+        """Empty the cache but for the slugs of `urls` (an app was deleted: its slugs go, whatever their URLs)."""
+        keep = {f"{cache_key(url)}.tgz" for url in urls}
+        for tarball in self.dir.glob("*.tgz"):
+            if tarball.name not in keep:
+                tarball.unlink(missing_ok=True)
 
     async def fetch(self, url: str) -> Path:
         """The local tarball for `url`, downloading it on first use."""
-        key = hashlib.sha256(url.encode()).hexdigest()[:32]
+        key = cache_key(url)
         target = self.dir / f"{key}.tgz"
         async with self.locks.setdefault(key, asyncio.Lock()):
             if target.exists():

@@ -92,14 +92,12 @@ class HAProxy:
     # ------------------------------------------------------------ files
 
     def write_file(self, path: Path, text: str) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+        write_private(path, text)
 
     async def validate(self, config: str) -> Path:
         """Write `config` next to the live one and check it with `haproxy -c`; returns the checked file."""
         candidate = self.options.config_path.with_name("haproxy.cfg.new")
-        candidate.write_text(config)
+        write_private(candidate, config)
         await self._check(candidate, "the configuration")
         return candidate
 
@@ -110,7 +108,7 @@ class HAProxy:
         pem_path, cfg_path = certs / "check.pem.new", certs / "check.cfg.new"
         try:
             write_private(pem_path, pem)
-            cfg_path.write_text(render_cert_check(pem_path))
+            write_private(cfg_path, render_cert_check(pem_path))
             await self._check(cfg_path, "the certificate")
         finally:
             pem_path.unlink(missing_ok=True)
