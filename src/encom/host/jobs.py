@@ -219,14 +219,17 @@ class JobManager:
             by_app[r.job.spec.app_id].append(Kept(r.id, r.log, ended, when))
         for app_logs in by_app.values():
             for job_id in logs_to_drop(app_logs):
-                runner = self.runners.pop(job_id)
-                disk.remove(runner.paths.dir)  # never walk into a job's filesystem
-                shutil.rmtree(runner.paths.dir, ignore_errors=True)
+                _remove_job_dir(self.runners.pop(job_id).paths.dir)
+
+
+def _remove_job_dir(directory: Path) -> None:
+    disk.remove(directory)  # unmounted first: never walk into a job's filesystem
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 def _remove_dirs(dirs: list[Path]) -> None:
     for directory in dirs:
-        shutil.rmtree(directory, ignore_errors=True)
+        _remove_job_dir(directory)
 
 
 def _load(record: Path) -> HostJob | None:

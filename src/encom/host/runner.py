@@ -9,7 +9,7 @@ import os
 import shlex
 import shutil
 from collections.abc import Awaitable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +52,10 @@ HEALTH_FAIL_GRACE = 2.0
 RECORD = "job.json"
 STDERR_LOOKBACK = 20  # log lines searched for the reason a command could not run
 PUMP_DRAIN = 2.0  # a TTY job's last output, read from the pty after the process has exited
-ATTACH_WAIT = 60.0  # for the first attacher of a job with stdin or a TTY; then its input is hung up
+ATTACH_WAIT = 60.0
+# Jobs prepared and started at once (disk, slug unpack, bundle, `runc run`): each costs a few hundred ms of CPU in
+# child processes, and a scale of 100 started all at once left nothing for the control plane on a small machine.
+STARTS_AT_ONCE = 4  # for the first attacher of a job with stdin or a TTY; then its input is hung up
 
 
 @dataclass
@@ -68,6 +71,7 @@ class HostDeps:
     uids: UidAllocator
     build_dir: Path | None = None
     uv_binary: Path | None = None
+    starts: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(STARTS_AT_ONCE))
 
     def ids_for(self, app_id: str) -> tuple[int, int]:
         """The uid and gid an app's jobs run as (gid = uid)."""
@@ -172,11 +176,12 @@ class JobRunner:
         command = spec.cmd if spec.cmd is not None else shlex.join(spec.args or [])
         self.note(f"Starting process with command `{command}`")
         try:
-            await self._prepare()
-            if self.stop_requested:
+            async with self.deps.starts:
+                await self._prepare()
+                pid = None if self.stop_requested else await self._start_container()
+            if pid is None:
                 await self._finish(None)
                 return
-            pid = await self._start_container()
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bad slug, a full disk, runc refusing the bundle: the job could not start
