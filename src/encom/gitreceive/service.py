@@ -15,13 +15,12 @@ import re
 import shlex
 import signal
 import sys
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import asyncssh
 
-from encom.api.aio import wait_for
+from encom.api.aio import KeyedLocks, wait_for
 from encom.api.client import ca_context
 from encom.api.errors import ApiError
 from encom.api.files import write_private
@@ -81,13 +80,13 @@ class Repos:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self.locks = KeyedLocks()  # per app: one repository set-up at a time
 
     async def prepare(self, app_id: str) -> Path:
         if not SAFE_ID.match(app_id):
             raise PushRefused(f"unexpected app id {app_id!r}")
         path = self.root / f"{app_id}.git"
-        async with self.locks[app_id]:
+        async with self.locks.hold(app_id):
             if not (path / "HEAD").exists():
                 await self._init(path)
             self._write_hook(path)
