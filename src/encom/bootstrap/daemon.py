@@ -18,6 +18,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from encom.api.memory import fix_mmap_threshold, trim_periodically
 from encom.api.role import RoleContext
 from encom.api.settings import ALL_ROLES, Settings
 
@@ -99,6 +100,7 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
             loop.add_signal_handler(sig, on_signal, sig)
         ready_file = self.settings.data_dir / READY_FILE
+        trimmer = asyncio.create_task(trim_periodically(), name="malloc-trim")
         try:
             starting = asyncio.create_task(self.start_roles())
             stop_wait = asyncio.create_task(self.stopping.wait())
@@ -112,6 +114,7 @@ class Daemon:
                 starting.cancel()
         finally:
             ready_file.unlink(missing_ok=True)
+            trimmer.cancel()
             await self.stop(detach)
 
 
@@ -129,6 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.roles:
         settings.roles = [r.strip() for r in args.roles.split(",") if r.strip()]
     become_subreaper()
+    fix_mmap_threshold()  # before the roles' threads start: see encom.api.memory
     (settings.data_dir / PID_FILE).write_text(str(os.getpid()))
     try:
         asyncio.run(Daemon(settings).run())
