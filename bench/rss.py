@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--line-bytes", type=int, default=200, help="bytes of each log line (default 200)")
     parser.add_argument("--requests", type=int, default=1_000, help="requests through the router per app")
     parser.add_argument("--routes", type=int, default=10, help="routes added and removed per app")
-    parser.add_argument("--settle", type=float, default=20.0, help="quiet seconds before each RSS reading")
+    parser.add_argument("--settle", type=float, default=40.0, help="quiet seconds before each RSS reading (default 40)")
     parser.add_argument("--port-base", type=int, default=PORT_BASE, help=f"cluster port base (default {PORT_BASE})")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="encom-bench-rss-") as tmp:
