@@ -1,6 +1,6 @@
 # encom — `make up` runs a single-machine cluster, `make test` runs every check.
 SHELL := /bin/bash
-APT_PACKAGES := runc haproxy git openssh-client curl ca-certificates socat wrk python3 python3-venv python3-pip e2fsprogs
+APT_PACKAGES := runc haproxy nginx git openssh-client curl ca-certificates socat wrk python3 python3-venv python3-pip e2fsprogs
 # Commands that may come from elsewhere than Debian (e.g. Node.js from its own repository): install only if absent.
 APT_IF_NO_COMMAND := node:nodejs npm:npm
 STATE_DIR ?= /var/lib/encom

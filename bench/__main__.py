@@ -10,12 +10,13 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from bench import container_start, deploy, router
+from bench import container_start, deploy, router, rss
 
 BENCHMARKS: dict[str, tuple[str, Callable[[], None]]] = {
     "container_start": ("container start-to-listening vs bare process", container_start.main),
     "deploy": ("push to first 200 and failed requests during a redeploy vs venv + gunicorn", deploy.main),
     "router": ("router throughput, route to first 200 and keep-alive connections vs hand-written HAProxy", router.main),
+    "rss": ("encomd's RSS after a session of pushes, scaling, logs, route churn and deletes vs idle", rss.main),
 }
 
 

@@ -52,7 +52,14 @@ from encom.router.access import (
     AccessLog,
     open_fifo_for_haproxy,
 )
-from encom.router.config import ACCESS_LOG_RULES, ACCESS_LOG_TARGET, Options, max_connections, request_headers
+from encom.router.config import (
+    ACCESS_LOG_RULES,
+    ACCESS_LOG_TARGET,
+    QUEUE_TIMEOUT,
+    Options,
+    max_connections,
+    request_headers,
+)
 from encom.router.haproxy import HAPROXY_BIN
 from encom.router.router import Router
 
@@ -77,11 +84,11 @@ TARGET_ROUTE_SECONDS = 0.2
 TARGET_CONNECTIONS = 5000
 
 # The router's defaults section (src/encom/router/config.py), for the hand-written config.
-TIMEOUTS = """\
+TIMEOUTS = f"""\
     timeout connect 5s
     timeout client 60s
     timeout server 60s
-    timeout queue 10s
+    timeout queue {QUEUE_TIMEOUT}
     timeout tunnel 1h
     timeout client-fin 10s
     timeout server-fin 10s

@@ -361,6 +361,26 @@ async def test_route_on_existing_backend_uses_runtime_api(
     assert await router.haproxy.worker_pid() == worker
 
 
+async def session_limits(router: Router, backend: str) -> dict[str, str]:
+    """Server name -> its session limit (`slim`) as HAProxy's `show stat` reports it."""
+    lines = (await router.haproxy.runtime.command("show stat")).splitlines()
+    header = lines[0].lstrip("# ").split(",")
+    rows = [dict(zip(header, line.split(","), strict=False)) for line in lines[1:] if line.startswith(backend + ",")]
+    return {row["svname"]: row["slim"] for row in rows if row["svname"] not in ("FRONTEND", "BACKEND")}
+
+
+async def test_servers_from_the_config_and_the_runtime_api_get_a_maxconn(
+    router: Router, backends: MakeBackends
+) -> None:
+    a, b = await backends(2)
+    await router.set_routes([http_route("limited.test", "limited-web")])
+    await router.backend_up("limited-web", a.addr)  # a new backend: a reload, the server in the config file
+    await router.add_route(http_route("limited2.test", "other-web"))
+    await router.backend_up("limited-web", b.addr)  # an existing backend: `add server` through the Runtime API
+    limits = await session_limits(router, "h_limited-web")
+    assert limits == {"s_127.0.0.1_" + str(a.port): "100", "s_127.0.0.1_" + str(b.port): "100"}
+
+
 async def test_new_services_reload_under_load_without_errors(
     router: Router, client: httpx.AsyncClient, backends: MakeBackends
 ) -> None:

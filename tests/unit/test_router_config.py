@@ -9,15 +9,20 @@ from pathlib import Path
 from encom.api.types import Route
 from encom.router.config import (
     NOT_FOUND_BACKEND,
+    QUEUE_TIMEOUT,
+    SERVER_MAXCONN,
     Options,
     Snapshot,
+    backend_mode,
     backend_name,
     build_snapshot,
     max_connections,
     render_config,
     render_crt_list,
     render_map,
+    server_args,
     server_name,
+    servers_in_config,
 )
 from encom.router.haproxy import parse_show_proc
 from encom.router.router import fit_layout, route_key
@@ -114,7 +119,7 @@ def test_rendered_config(tmp_path: Path) -> None:
     assert "txn.host" not in text
     assert f"default_backend {NOT_FOUND_BACKEND}" in text
     assert "frontend tcp_3000\n    mode tcp\n    bind 127.0.0.1:3000\n    default_backend t_db" in text
-    assert "server s_127.0.0.1_55000 127.0.0.1:55000 weight 100" in text
+    assert f"server s_127.0.0.1_55000 127.0.0.1:55000 weight 100 maxconn {SERVER_MAXCONN}\n" in text
     assert "ssl crt" not in text
 
 
@@ -304,3 +309,26 @@ def test_rendered_https_config_with_sticky_certs_and_redirects_is_valid_haproxy(
     check = subprocess.run(["/usr/sbin/haproxy", "-c", "-f", str(opts.config_path)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
     assert "[WARNING]" not in check.stdout + check.stderr
+
+
+def test_http_servers_queue_beyond_their_maxconn_tcp_servers_do_not(tmp_path: Path) -> None:
+    snap = build_snapshot(
+        [route(1, "a-web", "a.test"), route(2, "db", port=3000)],
+        {"a-web": {"127.0.0.1:55000"}, "db": {"127.0.0.1:55001"}},
+    )
+    text = render_config(snap, Options(dir=tmp_path))
+    assert f"    timeout queue {QUEUE_TIMEOUT}\n" in text
+    assert "\n    server s_127.0.0.1_55000 127.0.0.1:55000 weight 100 maxconn 100\n" in text
+    assert "\n    server s_127.0.0.1_55001 127.0.0.1:55001 weight 100\n" in text
+    # what the Runtime API's `add server` gets is what the config file says
+    assert backend_mode(backend_name("a-web", "http")) == "http"
+    assert backend_mode(backend_name("db", "tcp")) == "tcp"
+    assert server_args("http") == "weight 100 maxconn 100"
+    assert server_args("tcp") == "weight 100"
+    # and the adopted config's servers still read back
+    assert servers_in_config(text) == {"h_a-web": {"127.0.0.1:55000"}, "t_db": {"127.0.0.1:55001"}}
+
+
+def test_queue_timeout_is_short() -> None:
+    """A burst beyond the servers' maxconn waits at most a few seconds, then gets a 503 (not a 60 s 504)."""
+    assert QUEUE_TIMEOUT.endswith("s") and 1 <= int(QUEUE_TIMEOUT[:-1]) <= 10

@@ -118,7 +118,7 @@ def test_buildpack_defaults_without_procfile(tmp_path: Path, capsys: pytest.Capt
     app = make_app(tmp_path / "app", {"index.html": "<p>hi</p>"})
     packs = sb.select_buildpacks(app, BUILDPACKS, {})
     processes = sb.process_types(packs, sb.Layout(app=app), {})
-    assert processes["web"].startswith("python3 -m http.server $PORT")
+    assert processes["web"] == "/app/.encom-static/start"  # nginx, serving the site's root only
     assert "Default types for buildpack -> web" in capsys.readouterr().out
 
 
@@ -317,7 +317,10 @@ def test_static_build_end_to_end(tmp_path: Path, blobs: tuple[str, dict[str, byt
         "commit": "abc123",
     }
     with tarfile.open(out / "slug.tgz") as slug:
-        assert "./index.html" in slug.getnames()
+        names = slug.getnames()
+    # the site is at the top of the repository: its web files only are copied into the root nginx serves
+    assert "./.encom-static/site/index.html" in names and "./.encom-static/nginx.conf.in" in names
+    assert not any(name.startswith("./.encom-static/site/") and name.endswith("Procfile") for name in names)
 
 
 def test_outputs_replace_what_build_code_left_there(tmp_path: Path, blobs: tuple[str, dict[str, bytes]]) -> None:

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from encom.api.files import PRIVATE_UMASK, tighten_state_dir, write_private
+from encom.api.memory import fix_mmap_threshold, trim_periodically
 from encom.api.role import RoleContext
 from encom.api.settings import ALL_ROLES, Settings
 
@@ -100,6 +101,7 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
             loop.add_signal_handler(sig, on_signal, sig)
         ready_file = self.settings.data_dir / READY_FILE
+        trimmer = asyncio.create_task(trim_periodically(), name="malloc-trim")
         try:
             starting = asyncio.create_task(self.start_roles())
             stop_wait = asyncio.create_task(self.stopping.wait())
@@ -113,6 +115,7 @@ class Daemon:
                 starting.cancel()
         finally:
             ready_file.unlink(missing_ok=True)
+            trimmer.cancel()
             await self.stop(detach)
 
 
@@ -134,6 +137,7 @@ def main(argv: list[str] | None = None) -> None:
         settings.roles = [r.strip() for r in args.roles.split(",") if r.strip()]
     tighten_state_dir(settings.data_dir)
     become_subreaper()
+    fix_mmap_threshold()  # before the roles' threads start: see encom.api.memory
     write_private(settings.data_dir / PID_FILE, str(os.getpid()))
     try:
         asyncio.run(Daemon(settings).run())

@@ -16,13 +16,12 @@ import shlex
 import shutil
 import signal
 import sys
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import asyncssh
 
-from encom.api.aio import wait_for
+from encom.api.aio import KeyedLocks, wait_for
 from encom.api.client import ca_context
 from encom.api.errors import ApiError
 from encom.api.files import private_dir, write_private
@@ -86,13 +85,13 @@ class Repos:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self.locks = KeyedLocks()  # per app: one repository set-up at a time
 
     async def prepare(self, app_id: str) -> Path:
         if not SAFE_ID.match(app_id):
             raise PushRefused(f"unexpected app id {app_id!r}")
         path = self.root / f"{app_id}.git"
-        async with self.locks[app_id]:
+        async with self.locks.hold(app_id):
             if not (path / "HEAD").exists():
                 await self._init(path)
             self._write_hook(path)
@@ -115,11 +114,10 @@ class Repos:
         if not SAFE_ID.match(app_id):
             return
         path = self.root / f"{app_id}.git"
-        async with self.locks[app_id]:
+        async with self.locks.hold(app_id):
             if path.exists():
                 await asyncio.to_thread(shutil.rmtree, path, True)
                 log.info("removed the repository of deleted app %s", app_id)
-        self.locks.pop(app_id, None)
 
     def _write_hook(self, repo: Path) -> None:
         hooks = repo / "hooks"

@@ -9,6 +9,7 @@ import os
 import shutil
 from pathlib import Path
 
+from encom.api.aio import KeyedLocks
 from encom.api.files import private_dir
 from encom.blobstore.client import BlobstoreClient
 from encom.host import unpack
@@ -32,7 +33,7 @@ class SlugCache:
     def __init__(self, cache_dir: Path, blobstore: BlobstoreClient) -> None:
         self.dir = cache_dir
         self.blobstore = blobstore
-        self.locks: dict[str, asyncio.Lock] = {}
+        self.locks = KeyedLocks()
         private_dir(cache_dir)
 
     def drop_all_but(self, urls: set[str]) -> None:
@@ -46,7 +47,7 @@ class SlugCache:
         """The local tarball for `url`, downloading it on first use."""
         key = cache_key(url)
         target = self.dir / f"{key}.tgz"
-        async with self.locks.setdefault(key, asyncio.Lock()):
+        async with self.locks.hold(key):
             if target.exists():
                 os.utime(target)
                 return target

@@ -45,6 +45,12 @@ STICKY_COOKIE = "encom_sticky"
 # Arguments of every server, in the config file and in `add server` alike. A high weight gives each server more
 # points in the consistent-hash ring that `balance random` draws from, so the spread is even.
 SERVER_ARGS = "weight 100"
+# Requests one HTTP server (a web job) is given at once by a router; the rest wait in the backend's queue for at
+# most QUEUE_TIMEOUT, then get a 503 (Heroku's routers allow 50 active requests per dyno and queue the rest).
+# Without it a burst goes straight to the job, whose backlog holds it until `timeout server` answers 504.
+# TCP routes carry long-lived connections (databases, streams): their servers get no limit.
+SERVER_MAXCONN = 100
+QUEUE_TIMEOUT = "5s"
 
 _DOMAIN_RE = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9.-]*[a-z0-9])?$")
 _PATH_RE = re.compile(r"^/[^\s#]*$")
@@ -175,6 +181,16 @@ class Options:
 
 def backend_name(service: str, mode: Mode) -> str:
     return f"{'h' if mode == 'http' else 't'}_{_NAME_UNSAFE.sub('_', service)}"
+
+
+def backend_mode(name: str) -> Mode:
+    """The mode of a backend named by `backend_name`."""
+    return "tcp" if name.startswith("t_") else "http"
+
+
+def server_args(mode: Mode) -> str:
+    """A server's arguments by its backend's mode: HTTP servers get `maxconn` (the excess queues)."""
+    return f"{SERVER_ARGS} maxconn {SERVER_MAXCONN}" if mode == "http" else SERVER_ARGS
 
 
 def server_name(addr: str) -> str:
@@ -379,7 +395,7 @@ defaults
     timeout connect 5s
     timeout client 60s
     timeout server 60s
-    timeout queue 10s
+    timeout queue {QUEUE_TIMEOUT}
     timeout tunnel 1h
     timeout client-fin 10s
     timeout server-fin 10s
@@ -474,7 +490,7 @@ def _backend(backend: Backend, options: Options) -> str:
         # the key first: HAProxy computes each config server's cookie when it reads the `cookie` line
         lines.append(f"    dynamic-cookie-key {dynamic_cookie_key(backend.name)}")
         lines.append(f"    cookie {STICKY_COOKIE} insert indirect nocache httponly dynamic")
-    lines.extend(f"    {server_line(addr)}" for addr in sorted(backend.servers))
+    lines.extend(f"    {server_line(addr, backend.mode)}" for addr in sorted(backend.servers))
     return "\n".join(lines) + "\n"
 
 
@@ -493,6 +509,6 @@ def servers_in_config(config: str) -> dict[str, frozenset[str]]:
     return {name: frozenset(addrs) for name, addrs in found.items()}
 
 
-def server_line(addr: str) -> str:
+def server_line(addr: str, mode: Mode) -> str:
     """`server <name> <addr>`: the same arguments the Runtime API's `add server` gets, so both agree."""
-    return f"server {server_name(addr)} {addr} {SERVER_ARGS}"
+    return f"server {server_name(addr)} {addr} {server_args(mode)}"

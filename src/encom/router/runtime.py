@@ -8,7 +8,7 @@ import contextlib
 from collections.abc import Iterable
 from pathlib import Path
 
-from encom.router.config import SERVER_ARGS, server_name
+from encom.router.config import backend_mode, server_args, server_name
 
 TIMEOUT = 5.0
 
@@ -79,7 +79,8 @@ class RuntimeAPI:
         read from the config file."""
         name = server_name(addr)
         await self.expect(
-            f"add server {backend}/{name} {addr} {SERVER_ARGS} id {server_id}", ok="New server registered"
+            f"add server {backend}/{name} {addr} {server_args(backend_mode(backend))} id {server_id}",
+            ok="New server registered",
         )
         if cookie_key is not None:
             await self.expect(f"set dynamic-cookie-key backend {backend} {cookie_key}")
