@@ -11,7 +11,7 @@ export SSL_CERT_FILE ?= /etc/ssl/certs/ca-certificates.crt
 
 setup: .venv/.synced
 
-.apt-ok:
+.apt-ok: Makefile
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	for cp in $(APT_IF_NO_COMMAND); do command -v $${cp%%:*} >/dev/null 2>&1 || missing="$$missing $${cp##*:}"; done; \
 	if [ -n "$$missing" ]; then \
