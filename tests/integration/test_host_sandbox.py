@@ -18,6 +18,7 @@ from encom.api.settings import Ports
 from encom.api.types import DEFAULT_MAX_PROCS, Resources
 from encom.host import disk
 from encom.host.bundle import BundlePaths
+from tests.attacks import CLONE_NEWUSER, FORK_STORM, IO_URING_SETUP, UNSHARE, syscall_probe
 from tests.integration import test_host
 from tests.integration.roles import free_ports
 from tests.integration.test_host import Cluster, eventually, spec
@@ -29,32 +30,6 @@ pytestmark = [
 ]
 
 MIB = 1 << 20
-UNSHARE = "import ctypes, os; libc = ctypes.CDLL(None, use_errno=True); r = libc.syscall({nr}, *{args}); "
-UNSHARE += "print('{name}=' + ('ok' if r >= 0 else os.strerror(ctypes.get_errno())))"
-IO_URING_SETUP = 425  # x86_64 and the generic table alike
-UNSHARE_NR = 272  # x86_64
-CLONE_NEWUSER = 0x10000000
-FORK_STORM = """
-import os, time
-kids = []
-try:
-    while len(kids) < 5000:
-        pid = os.fork()
-        if pid == 0:
-            time.sleep(60)
-            os._exit(0)
-        kids.append(pid)
-    print("error=none")
-except OSError as exc:
-    print(f"error={exc.errno}")
-print(f"forks={len(kids)}")
-print("current=" + open("/sys/fs/cgroup/pids/pids.current").read().strip())
-print("max=" + open("/sys/fs/cgroup/pids/pids.max").read().strip())
-for kid in kids:
-    os.kill(kid, 9)
-for kid in kids:
-    os.waitpid(kid, 0)
-"""
 
 
 def pick_ports() -> Ports:
@@ -80,8 +55,8 @@ async def test_seccomp_refuses_namespaces_and_io_uring_and_real_programs_still_w
             'echo "seccomp=$(grep "^Seccomp:" /proc/self/status | cut -f2)"',
             "if unshare -Ur true 2>/dev/null; then echo unshare_r=allowed; else echo unshare_r=refused; fi",
             "if unshare -m true 2>/dev/null; then echo unshare_m=allowed; else echo unshare_m=refused; fi",
-            python(UNSHARE.format(nr=IO_URING_SETUP, args="(8, ctypes.c_void_p(0))", name="io_uring_setup")),
-            python(UNSHARE.format(nr=UNSHARE_NR, args=f"({CLONE_NEWUSER},)", name="unshare_syscall")),
+            python(syscall_probe("io_uring_setup", IO_URING_SETUP, "(8, ctypes.c_void_p(0))")),
+            python(syscall_probe("unshare_syscall", UNSHARE, f"({CLONE_NEWUSER},)")),
             # what apps and builds do: threads and subprocesses (clone3 -> ENOSYS -> clone), a shell, curl, git
             python(
                 "import threading, subprocess; t = threading.Thread(target=print, args=('thread=ok',)); t.start(); "

@@ -19,31 +19,12 @@ from pathlib import Path
 import pytest
 
 from encom.api.types import DEFAULT_MAX_PROCS
+from tests.attacks import FORK_STORM, IO_URING_SETUP, syscall_probe
 from tests.e2e.conftest import Cluster, User, curl, wait_for
 from tests.security.conftest import Victim, attacker_repo, victim_serves
 
 APP = "sandboxer"
 GIB = 1 << 30
-FORK_STORM = """
-import os, time
-kids = []
-try:
-    while len(kids) < 5000:
-        pid = os.fork()
-        if pid == 0:
-            time.sleep(120)
-            os._exit(0)
-        kids.append(pid)
-    print("error=none")
-except OSError as exc:
-    print(f"error={exc.errno}")
-print(f"forks={len(kids)}")
-print("max=" + open("/sys/fs/cgroup/pids/pids.max").read().strip())
-for kid in kids:
-    os.kill(kid, 9)
-for kid in kids:
-    os.waitpid(kid, 0)
-"""
 FILL = "; ".join(
     [
         "dd if=/dev/zero of=/app/fill bs=1M 2>&1 | grep -o 'No space left on device' | sed 's/^/app=/'",
@@ -51,10 +32,7 @@ FILL = "; ".join(
         'echo "written=$(( $(stat -c %s /app/fill) + $(stat -c %s /tmp/fill) ))"',
     ]
 )
-IO_URING = (
-    "import ctypes, os; libc = ctypes.CDLL(None, use_errno=True); "
-    "r = libc.syscall(425, 8, ctypes.c_void_p(0)); print('io_uring=' + os.strerror(ctypes.get_errno()))"
-)
+IO_URING = syscall_probe("io_uring", IO_URING_SETUP, "(8, ctypes.c_void_p(0))")
 # A build that writes without end: npm runs the app's own `build` script (see the nodejs buildpack).
 FILLING_BUILD = {
     "package.json": json.dumps(
