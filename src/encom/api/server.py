@@ -8,21 +8,60 @@ from collections.abc import Generator
 from pathlib import Path
 
 import uvicorn
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI, Request
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 
-from encom.api.errors import install_error_handlers
+from encom.api.auth import key_from_header, key_matches
+from encom.api.errors import Unauthorized, install_error_handlers
+
+OPENAPI_URL = "/openapi.json"
 
 
-def make_app(title: str) -> FastAPI:
-    """A FastAPI app with encom's error format and a `/ping` that needs no auth."""
-    app = FastAPI(title=title, version="1")
+class DocsUnauthorized(Unauthorized):
+    """A 401 from the docs, which asks a browser for the key (HTTP Basic, any user name)."""
+
+
+def make_app(title: str, *keys: str) -> FastAPI:
+    """A FastAPI app with encom's error format, a `/ping` that needs no auth, and `/docs`, `/redoc` and
+    `/openapi.json` that need one of `keys` like the app's own routes."""
+    if not any(keys):
+        raise ValueError(f"{title}: the docs need a key")
+    app = FastAPI(title=title, version="1", docs_url=None, redoc_url=None, openapi_url=None)
     install_error_handlers(app)
+    _add_docs(app, tuple(k for k in keys if k))
 
     @app.get("/ping", include_in_schema=False)
     async def ping() -> dict[str, str]:
         return {"status": "ok", "service": title}
 
     return app
+
+
+def _add_docs(app: FastAPI, keys: tuple[str, ...]) -> None:
+    def check(request: Request) -> None:
+        if not key_matches(key_from_header(request.headers.get("authorization")), keys):
+            raise DocsUnauthorized()
+
+    async def on_unauthorized(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, DocsUnauthorized)
+        challenge = f'Basic realm="encom {app.title}", Bearer'
+        return JSONResponse(exc.to_json(), status_code=exc.status, headers={"WWW-Authenticate": challenge})
+
+    app.add_exception_handler(DocsUnauthorized, on_unauthorized)
+    docs = [Depends(check)]
+
+    @app.get(OPENAPI_URL, include_in_schema=False, dependencies=docs)
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=docs)
+    async def swagger() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url=OPENAPI_URL, title=f"{app.title} API")
+
+    @app.get("/redoc", include_in_schema=False, dependencies=docs)
+    async def redoc() -> HTMLResponse:
+        return get_redoc_html(openapi_url=OPENAPI_URL, title=f"{app.title} API")
 
 
 class EmbeddedServer(uvicorn.Server):

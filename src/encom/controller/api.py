@@ -79,7 +79,7 @@ class Controller:
 
 
 def create_api(ctl: Controller) -> FastAPI:
-    app = make_app("controller")
+    app = make_app("controller", ctl.settings.cluster_key)
 
     async def on_integrity_error(_: Request, exc: Exception) -> JSONResponse:
         # Only reachable when two writers race past the same uniqueness check (PostgreSQL).
