@@ -66,7 +66,7 @@ RELEASE_TYPE = "release"  # the Procfile's release phase: run once per deploy, n
 
 
 class AppCreate(Wire):
-    name: str
+    name: str = Field(json_schema_extra={"pattern": APP_NAME_RE.pattern})  # documents _valid_name's rule
 
     @field_validator("name")
     @classmethod
@@ -215,7 +215,9 @@ TerminalSize = tuple[Annotated[int, Field(ge=1, le=10_000)], Annotated[int, Fiel
 class JobRun(Wire):
     """`encom run`: a one-off job of the current release running `args` (joined as a shell command line)."""
 
-    args: list[str] = Field(max_length=1000)
+    args: list[str] = Field(  # the schema says what `oneoff.run` checks: a command comes first
+        max_length=1000, json_schema_extra={"minItems": 1, "prefixItems": [{"type": "string", "minLength": 1}]}
+    )
     attach: bool = False  # the job's stdin is kept for an attacher (GET /apps/{app}/jobs/{job}/attach)
     tty: bool = False  # with attach: run the command on a pseudo-terminal
     size: TerminalSize | None = None  # with tty: the initial (rows, cols)
