@@ -43,6 +43,12 @@ include-path = "/apps/{app}/jobs"
 include-method = "POST"
 # A one-off job needs a host; the fuzzed cluster has none, so a valid request gets the documented 503.
 checks.not_a_server_error.expected-statuses = ["2xx", "3xx", "4xx", "503"]
+
+[[operations]]
+include-path = "/apps/{app}/release"
+include-method = "GET"
+# An app has no release until one is deployed: a 404 right after POST /apps is the documented answer.
+checks.ensure_resource_availability.enabled = false
 """
 
 

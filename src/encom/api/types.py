@@ -29,7 +29,9 @@ def is_web_type(process_type: str) -> bool:
 
 
 class Wire(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    # str_min_length=0 changes no rule but makes pydantic check every string as Unicode, so a lone surrogate (valid
+    # JSON: "\\ud800", which no UTF-8 response, file or runc config can carry) is a 400, never stored.
+    model_config = ConfigDict(extra="ignore", str_min_length=0)
 
 
 # ---------------------------------------------------------------- controller resources
@@ -201,10 +203,10 @@ class Job(Wire):
     type: str  # process type; "" for one-off jobs
     host_id: str | None = None
     state: JobState
-    port: int | None = None
-    exit_status: int | None = None
+    port: int | None = Field(default=None, ge=0, le=65535)
+    exit_status: int | None = Field(default=None, ge=-(1 << 31), lt=1 << 31)
     error: str | None = None
-    restarts: int = 0
+    restarts: int = Field(default=0, ge=0, lt=1 << 31)
     created_at: datetime
     updated_at: datetime
 
