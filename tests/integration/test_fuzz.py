@@ -39,7 +39,8 @@ STAMPS = {"created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:
 
 async def test_what_the_fuzzer_found_is_a_400_and_stores_nothing(tmp_path: Path) -> None:
     """Found by `make fuzz`: a lone surrogate (valid JSON, invalid Unicode) stored in an app's meta made every later
-    GET /apps a 500; an integer beyond SQLite's 64 bits in a job was a 500."""
+    GET /apps a 500; an integer beyond SQLite's 64 bits in a job was a 500; an app name ending in a dash was refused
+    for its route's domain."""
     async with fuzz_target(tmp_path) as target, controller_http(target) as http:
         assert (await http.post("/apps", json={"name": "a"})).status_code == 201
         refused = [
@@ -53,6 +54,8 @@ async def test_what_the_fuzzer_found_is_a_400_and_stores_nothing(tmp_path: Path)
             response = await http.request(method, path, content=body, headers={"content-type": "application/json"})
             assert response.status_code == 400, f"{method} {path} {body}: {response.status_code} {response.text}"
             assert response.json()["code"] == "validation_error"
+        trailing_dash = await http.post("/apps", json={"name": "web-"})  # its route web-.<domain> is no host name
+        assert trailing_dash.status_code == 400 and "end with a letter or digit" in trailing_dash.json()["message"]
         apps = await http.get("/apps")
         assert apps.status_code == 200 and [(a["name"], a["meta"]) for a in apps.json()] == [("a", {})]
         assert (await http.get("/jobs?all=true")).json() == []

@@ -8,10 +8,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-APP_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+APP_NAME_RE = re.compile(r"^[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?$")  # a host name label: <app>.<domain> is routed
 APP_NAME_RULE = (
-    "app name must start with a lowercase letter and contain only lowercase letters, digits and dashes "
-    "(at most 63 characters)"
+    "app name must start with a lowercase letter, end with a letter or digit and contain only lowercase letters, "
+    "digits and dashes (at most 63 characters)"
 )
 
 
