@@ -7,7 +7,7 @@ STATE_DIR ?= /var/lib/encom
 export UV_LINK_MODE := copy
 export SSL_CERT_FILE ?= /etc/ssl/certs/ca-certificates.crt
 
-.PHONY: setup up down test lint typecheck pytest bench clean
+.PHONY: setup up down test lint typecheck pytest bench fuzz clean
 
 setup: .venv/.synced
 
@@ -51,6 +51,11 @@ test: lint typecheck pytest
 
 bench: setup
 	uv run python -m bench
+
+# schemathesis against a fresh controller on a temp data dir (`make test` runs a 40 s pass of the same).
+FUZZ_SECONDS ?= 600
+fuzz: setup
+	uv run python -m tests.integration.fuzz --max-time $(FUZZ_SECONDS) --report-dir fuzz-report
 
 clean:
 	rm -rf .venv .apt-ok .uv-ok

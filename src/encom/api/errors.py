@@ -85,7 +85,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_validation(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        return JSONResponse({"code": "validation_error", "message": _describe_validation(exc)}, status_code=400)
+        message = _describe_validation(exc).encode(errors="backslashreplace").decode()  # a refused surrogate key
+        return JSONResponse({"code": "validation_error", "message": message}, status_code=400)
 
     app.add_exception_handler(ApiError, on_api_error)
     app.add_exception_handler(RequestValidationError, on_validation)

@@ -11,10 +11,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from encom.api.errors import ValidationError
 
-APP_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+APP_NAME_RE = re.compile(r"^[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?$")  # a host name label: <app>.<domain> is routed
 APP_NAME_RULE = (
-    "app name must start with a lowercase letter and contain only lowercase letters, digits and dashes "
-    "(at most 63 characters)"
+    "app name must start with a lowercase letter, end with a letter or digit and contain only lowercase letters, "
+    "digits and dashes (at most 63 characters)"
 )
 
 
@@ -168,7 +168,9 @@ def is_web_type(process_type: str) -> bool:
 
 
 class Wire(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    # str_min_length=0 changes no rule but makes pydantic check every string as Unicode, so a lone surrogate (valid
+    # JSON: "\\ud800", which no UTF-8 response, file or runc config can carry) is a 400, never stored.
+    model_config = ConfigDict(extra="ignore", str_min_length=0)
 
 
 # ---------------------------------------------------------------- controller resources
@@ -226,7 +228,7 @@ RELEASE_TYPE = "release"  # the Procfile's release phase: run once per deploy, n
 
 
 class AppCreate(Wire):
-    name: str
+    name: str = Field(json_schema_extra={"pattern": APP_NAME_RE.pattern})  # documents _valid_name's rule
 
     @field_validator("name")
     @classmethod
@@ -375,7 +377,9 @@ TerminalSize = tuple[Annotated[int, Field(ge=1, le=10_000)], Annotated[int, Fiel
 class JobRun(Wire):
     """`encom run`: a one-off job of the current release running `args` (joined as a shell command line)."""
 
-    args: list[str] = Field(max_length=1000)
+    args: list[str] = Field(  # the schema says what `oneoff.run` checks: a command comes first
+        max_length=1000, json_schema_extra={"minItems": 1, "prefixItems": [{"type": "string", "minLength": 1}]}
+    )
     attach: bool = False  # the job's stdin is kept for an attacher (GET /apps/{app}/jobs/{job}/attach)
     tty: bool = False  # with attach: run the command on a pseudo-terminal
     size: TerminalSize | None = None  # with tty: the initial (rows, cols)

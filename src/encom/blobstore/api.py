@@ -133,7 +133,7 @@ class BlobDir:
 
 
 def create_app(blobs: BlobDir, secret: str) -> FastAPI:
-    app = make_app("blobstore")
+    app = make_app("blobstore", secret)
 
     def authorize(request: Request) -> str:
         """Allow the internal secret or a signed URL for this method and path; returns the checked blob path."""

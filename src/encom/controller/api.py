@@ -20,6 +20,7 @@ from starlette.responses import StreamingResponse
 
 from encom.api.auth import require_key
 from encom.api.errors import NotFound, ValidationError
+from encom.api.server import error_responses as errors
 from encom.api.server import make_app
 from encom.api.settings import Settings
 from encom.api.sse import SSEMessage, message, sse_response
@@ -70,9 +71,8 @@ from encom.controller.db import Database
 from encom.controller.events import EventHub
 
 EVENT_TYPES = frozenset(get_args(EventType))
-MAX_LOG_LINES = 100_000  # what a host serves at most
 MAX_EVENT_ID = (1 << 63) - 1
-Lines = Annotated[int, Query(ge=0, le=MAX_LOG_LINES)]
+LogLines = Annotated[int, Query(ge=1, le=logs.MAX_LINES)]  # what logs.check_lines allows
 EventId = Annotated[int, Query(ge=0, le=MAX_EVENT_ID)]
 
 
@@ -85,7 +85,7 @@ class Controller:
 
 
 def create_api(ctl: Controller) -> FastAPI:
-    app = make_app("controller")
+    app = make_app("controller", ctl.settings.cluster_key)
     app.add_middleware(BodyLimit)
 
     async def on_integrity_error(_: Request, exc: Exception) -> JSONResponse:
@@ -112,7 +112,7 @@ def _attach(app: FastAPI, ctl: Controller) -> None:
 def _apps(router: APIRouter, ctl: Controller) -> None:
     db = ctl.db
 
-    @router.post("/apps", status_code=201)
+    @router.post("/apps", status_code=201, responses=errors(409))
     def create_app(body: AppCreate) -> App:
         with db.write() as s:
             return apps.create_app(s, ctl.settings, body)
@@ -122,17 +122,17 @@ def _apps(router: APIRouter, ctl: Controller) -> None:
         with db.read() as s:
             return apps.list_apps(s)
 
-    @router.get("/apps/{app}")
+    @router.get("/apps/{app}", responses=errors(404))
     def get_app(app: str) -> App:
         with db.read() as s:
             return convert.app(apps.find_app(s, app))
 
-    @router.patch("/apps/{app}")
+    @router.patch("/apps/{app}", responses=errors(404))
     def update_app(app: str, body: AppUpdate) -> App:
         with db.write() as s:
             return apps.update_app(s, app, body)
 
-    @router.delete("/apps/{app}")
+    @router.delete("/apps/{app}", responses=errors(404))
     def delete_app(app: str) -> AppDeleted:
         with db.write() as s:
             return apps.delete_app(s, app)
@@ -141,7 +141,7 @@ def _apps(router: APIRouter, ctl: Controller) -> None:
 def _keys(router: APIRouter, ctl: Controller) -> None:
     db = ctl.db
 
-    @router.post("/keys", status_code=201)
+    @router.post("/keys", status_code=201, responses=errors(409))
     def add_key(body: KeyCreate) -> Key:
         with db.write() as s:
             return keys.add_key(s, body.key)
@@ -151,7 +151,7 @@ def _keys(router: APIRouter, ctl: Controller) -> None:
         with db.read() as s:
             return keys.list_keys(s)
 
-    @router.delete("/keys/{fingerprint:path}", status_code=204)
+    @router.delete("/keys/{fingerprint:path}", status_code=204, responses=errors(404))
     def remove_key(fingerprint: str) -> Response:
         with db.write() as s:
             keys.remove_key(s, fingerprint)
@@ -167,46 +167,46 @@ def _releases(router: APIRouter, ctl: Controller) -> None:
         with db.write() as s:
             return releases.create_artifact(s, body)
 
-    @router.get("/artifacts/{artifact_id}")
+    @router.get("/artifacts/{artifact_id}", responses=errors(404))
     def get_artifact(artifact_id: str) -> Artifact:
         with db.read() as s:
             return convert.artifact(releases.artifact_row(s, artifact_id))
 
-    @router.post("/releases", status_code=201)
+    @router.post("/releases", status_code=201, responses=errors(404))
     def create_release(body: ReleaseCreate) -> Release:
         body = limits.checked_release(body, limits.host_limits(ctl.settings.data_dir))
         with db.write() as s:
             app = apps.find_app(s, body.app_id, lock=True)
             return releases.create_release(s, app, body)
 
-    @router.get("/releases/{release_id}")
+    @router.get("/releases/{release_id}", responses=errors(404))
     def get_release(release_id: str) -> Release:
         with db.read() as s:
             return convert.release(releases.release_row(s, release_id))
 
-    @router.get("/apps/{app}/releases")
+    @router.get("/apps/{app}/releases", responses=errors(404))
     def list_releases(app: str) -> list[Release]:
         with db.read() as s:
             return releases.list_releases(s, apps.find_app(s, app))
 
-    @router.get("/apps/{app}/release")
+    @router.get("/apps/{app}/release", responses=errors(404))
     def current_release(app: str) -> Release:
         with db.read() as s:
             return releases.current_release(s, apps.find_app(s, app))
 
-    @router.post("/apps/{app}/deploy")
+    @router.post("/apps/{app}/deploy", responses=errors(404, 409))
     def deploy(app: str, body: DeployRequest) -> Deployment:
         with db.write() as s:
             deployment = deployments.create(s, apps.find_app(s, app, lock=True), body, max_count)
         ctl.kick_deployer()
         return deployment
 
-    @router.get("/deployments/{deployment_id}")
+    @router.get("/deployments/{deployment_id}", responses=errors(404))
     def get_deployment(deployment_id: str) -> Deployment:
         with db.read() as s:
             return deployments.get(s, deployment_id)
 
-    @router.get("/apps/{app}/deployments")
+    @router.get("/apps/{app}/deployments", responses=errors(404))
     def list_deployments(app: str) -> list[Deployment]:
         with db.read() as s:
             return deployments.list_for_app(s, apps.find_app(s, app))
@@ -216,7 +216,7 @@ def _formations(router: APIRouter, ctl: Controller) -> None:
     db = ctl.db
     max_count = ctl.settings.max_processes_per_type
 
-    @router.put("/apps/{app}/formations/{release_id}")
+    @router.put("/apps/{app}/formations/{release_id}", responses=errors(404, 409))
     def put_formation(app: str, release_id: str, body: FormationUpdate) -> Formation:
         with db.write() as s:
             row = apps.find_app(s, app, lock=True)
@@ -225,12 +225,12 @@ def _formations(router: APIRouter, ctl: Controller) -> None:
             deployments.refuse_if_in_flight(s, row, "scale")
             return formations.put(s, row, release, body.processes)
 
-    @router.get("/apps/{app}/formations")
+    @router.get("/apps/{app}/formations", responses=errors(404))
     def list_formations(app: str) -> list[Formation]:
         with db.read() as s:
             return formations.list_for_app(s, apps.find_app(s, app))
 
-    @router.get("/apps/{app}/formations/{release_id}")
+    @router.get("/apps/{app}/formations/{release_id}", responses=errors(404))
     def get_formation(app: str, release_id: str) -> Formation:
         with db.read() as s:
             return formations.get(s, apps.find_app(s, app), release_id)
@@ -240,7 +240,7 @@ def _formations(router: APIRouter, ctl: Controller) -> None:
         with db.read() as s:
             return formations.active(s)
 
-    @router.get("/formations/{app_id}/{release_id}")
+    @router.get("/formations/{app_id}/{release_id}", responses=errors(404))
     def expanded_formation(app_id: str, release_id: str) -> ExpandedFormation:
         with db.read() as s:
             return formations.expanded(s, apps.find_app(s, app_id).id, release_id)
@@ -249,7 +249,7 @@ def _formations(router: APIRouter, ctl: Controller) -> None:
 def _jobs(router: APIRouter, ctl: Controller) -> None:
     db = ctl.db
 
-    @router.get("/apps/{app}/jobs")
+    @router.get("/apps/{app}/jobs", responses=errors(404))
     def list_app_jobs(app: str, all: bool = False) -> list[Job]:
         with db.read() as s:
             return jobs.list_jobs(s, apps.find_app(s, app).id, all)
@@ -259,15 +259,15 @@ def _jobs(router: APIRouter, ctl: Controller) -> None:
         with db.read() as s:
             return jobs.list_jobs(s, None, all)
 
-    @router.post("/apps/{app}/jobs", status_code=201)
+    @router.post("/apps/{app}/jobs", status_code=201, responses=errors(404, 503))
     async def run_job(app: str, body: JobRun) -> Job:
         return await oneoff.run(ctl.settings, db, app, body)
 
-    @router.get("/apps/{app}/jobs/{job_id}")
+    @router.get("/apps/{app}/jobs/{job_id}", responses=errors(404))
     def get_app_job(app: str, job_id: str) -> Job:
         return oneoff.find_job(db, app, job_id)
 
-    @router.delete("/apps/{app}/jobs/{job_id}")
+    @router.delete("/apps/{app}/jobs/{job_id}", responses=errors(404, 409, 503))
     async def kill_job(app: str, job_id: str) -> Job:
         return await oneoff.kill(ctl.settings, db, app, job_id)
 
@@ -280,22 +280,22 @@ def _jobs(router: APIRouter, ctl: Controller) -> None:
 def _routes(router: APIRouter, ctl: Controller) -> None:
     db = ctl.db
 
-    @router.post("/apps/{app}/routes", status_code=201)
+    @router.post("/apps/{app}/routes", status_code=201, responses=errors(404, 409))
     def create_route(app: str, body: RouteCreate) -> Route:
         with db.write() as s:
             return routes.create_route(s, ctl.settings, apps.find_app(s, app, lock=True), body)
 
-    @router.get("/apps/{app}/routes")
+    @router.get("/apps/{app}/routes", responses=errors(404))
     def list_app_routes(app: str) -> list[Route]:
         with db.read() as s:
             return routes.list_routes(s, apps.find_app(s, app).id)
 
-    @router.patch("/apps/{app}/routes/{route_ref:path}")
+    @router.patch("/apps/{app}/routes/{route_ref:path}", responses=errors(404))
     def update_route(app: str, route_ref: str, body: RouteUpdate) -> Route:
         with db.write() as s:
             return routes.update_route(s, apps.find_app(s, app, lock=True), route_ref, body)
 
-    @router.delete("/apps/{app}/routes/{route_ref:path}", status_code=204)
+    @router.delete("/apps/{app}/routes/{route_ref:path}", status_code=204, responses=errors(404))
     def delete_route(app: str, route_ref: str) -> Response:
         with db.write() as s:
             routes.delete_route(s, apps.find_app(s, app), route_ref)
@@ -310,34 +310,38 @@ def _routes(router: APIRouter, ctl: Controller) -> None:
 def _drains(router: APIRouter, ctl: Controller) -> None:
     db = ctl.db
 
-    @router.post("/apps/{app}/drains", status_code=201)
+    @router.post("/apps/{app}/drains", status_code=201, responses=errors(404, 409))
     def create_drain(app: str, body: DrainCreate) -> Drain:
         with db.write() as s:
             return drains.create_drain(s, apps.find_app(s, app, lock=True), body)
 
-    @router.get("/apps/{app}/drains")
+    @router.get("/apps/{app}/drains", responses=errors(404))
     def list_drains(app: str) -> list[Drain]:
         with db.read() as s:
             return drains.list_drains(s, apps.find_app(s, app))
 
-    @router.delete("/apps/{app}/drains/{drain_ref:path}")
+    @router.delete("/apps/{app}/drains/{drain_ref:path}", responses=errors(404))
     def delete_drain(app: str, drain_ref: str) -> Drain:
         with db.write() as s:
             return drains.delete_drain(s, apps.find_app(s, app, lock=True), drain_ref)
 
 
 def _logs(router: APIRouter, ctl: Controller) -> None:
-    @router.get("/apps/{app}/log")
+    @router.get("/apps/{app}/log", responses=errors(404, 503))
     async def app_log(
-        app: str, lines: Lines = 100, process_type: str | None = None, job_id: str | None = None
+        app: str, lines: LogLines = 100, process_type: str | None = None, job_id: str | None = None
     ) -> list[LogLine]:
         app_id = await asyncio.to_thread(logs.log_target, ctl.db, app, job_id)
         return await logs.app_log(ctl.settings, app_id, lines, process_type, job_id)
 
-    @router.get("/apps/{app}/log/stream")
+    @router.get(
+        "/apps/{app}/log/stream",
+        response_class=StreamingResponse,
+        responses=errors(404, 503) | stream_of("application/x-ndjson", "Log lines, one JSON object (a LogLine) a line"),
+    )
     async def app_log_stream(
         app: str,
-        lines: Lines = 100,
+        lines: LogLines = 100,
         process_type: str | None = None,
         job_id: str | None = None,
         follow: bool = False,
@@ -348,6 +352,10 @@ def _logs(router: APIRouter, ctl: Controller) -> None:
             ctl.settings, app_id, lines, process_type, job_id, follow, lambda: ctl.hub.closed, since
         )
         return StreamingResponse(body, media_type="application/x-ndjson")
+
+
+def stream_of(media_type: str, description: str) -> dict[int | str, dict[str, Any]]:
+    return {200: {"content": {media_type: {"schema": {"type": "string"}}}, "description": description}}
 
 
 def _app_id(db: Database, ref: str) -> str:
@@ -385,7 +393,11 @@ def _events(router: APIRouter, ctl: Controller) -> None:
     async def last_event() -> dict[str, Any]:
         return {"id": await ctl.hub.last_id()}
 
-    @router.get("/events")
+    @router.get(
+        "/events",
+        response_class=StreamingResponse,
+        responses=stream_of("text/event-stream", "Server-sent events, each an Event in JSON, with its id"),
+    )
     async def stream_events(
         app_id: str | None = None,
         object_types: str | None = None,

@@ -27,7 +27,7 @@ def checked_name(kind: str, value: str) -> str:
 
 
 def create_app(store: Store, secret: str) -> FastAPI:
-    app = make_app("discoverd")
+    app = make_app("discoverd", secret)
     router = APIRouter(dependencies=[Depends(require_key(secret))])
 
     @router.get("/services")

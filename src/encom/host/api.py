@@ -29,7 +29,7 @@ def _lines(lines: int) -> int:
 
 
 def build_app(jobs: JobManager, secret: str, url: str) -> FastAPI:
-    app = make_app("encom-host")
+    app = make_app("encom-host", secret)
     router = APIRouter(prefix="/host", dependencies=[Depends(require_key(secret))])
     host_id = jobs.deps.host_id
 
