@@ -21,7 +21,7 @@ from tests.e2e.conftest import Cluster, User, curl, wait_for
 from tests.security.conftest import Victim, attacker_repo, victim_serves
 
 NOBODY = 65534
-JOB_READABLE = ("rootfs", "hosts", "resolv.conf", "app")  # in a job's bundle: what its container reads
+JOB_READABLE = ("rootfs", "hosts", "resolv.conf", "disk")  # in a job's bundle: what its container reads, its own disk
 DEBIAN_PYTHON = "/usr/bin/python3"
 
 # Run as another uid: try to open every path (and list every directory); print those that worked.

@@ -52,6 +52,11 @@ def _read_pid(pid_file: Path) -> int:
     return int(pid_file.read_text().strip())
 
 
+# runc makes the job's cgroup directories, which the job reads its own limits through (mounted read-only): encomd's
+# umask 077 would make them unreadable to the job's uid. What else runc writes is inside 0700 directories.
+RUNC_UMASK = 0o022
+
+
 class Runc:
     def __init__(self, root: Path, binary: str = "runc") -> None:
         self.root = root
@@ -115,7 +120,11 @@ class Runc:
         err_fd = os.open(stderr, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             proc = await asyncio.create_subprocess_exec(
-                *args, stdin=asyncio.subprocess.DEVNULL if stdin is None else stdin, stdout=out_fd, stderr=err_fd
+                *args,
+                stdin=asyncio.subprocess.DEVNULL if stdin is None else stdin,
+                stdout=out_fd,
+                stderr=err_fd,
+                umask=RUNC_UMASK,
             )
         finally:
             os.close(out_fd)
