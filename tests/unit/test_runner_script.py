@@ -31,3 +31,15 @@ def test_plain_exit_statuses_and_an_unhandled_sigterm() -> None:
     assert run("exit 3") == 3
     assert run("true") == 0
     assert run("sleep 30", term_after=0.3) == 143
+
+
+def test_a_sigterm_to_the_runner_as_pid_1_stops_the_command() -> None:
+    """As PID 1 of its own pid namespace (as in a job) the runner ignores any signal it has no trap for: its traps
+    pass SIGTERM on, right after the start too."""
+    for _ in range(5):
+        proc = subprocess.Popen(
+            ["unshare", "--pid", "--fork", "--kill-child", "bash", "-c", RUNNER, "runner", "sleep 30"]
+        )
+        time.sleep(0.05)
+        subprocess.run(["pkill", "-TERM", "-P", str(proc.pid), "-x", "bash"], check=False)
+        assert proc.wait(timeout=20) == 143

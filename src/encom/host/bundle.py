@@ -23,12 +23,17 @@ from encom.host.seccomp import default_profile
 # --default-signal` restores the two signals, so an interrupt reaches the command.
 RUNNER = """\
 __encom_cmd="$1"
+__encom_pid=
+__encom_sig=
+# Traps first: a stop that comes while .profile.d runs (or before the command has a pid) is kept and passed on.
+__encom_forward() { __encom_sig=$1; [ -n "$__encom_pid" ] && kill -"$1" "$__encom_pid" 2>/dev/null; }
+trap '__encom_forward TERM' TERM
+trap '__encom_forward INT' INT
 for __encom_f in /app/.profile.d/*.sh; do [ -r "$__encom_f" ] && . "$__encom_f"; done
 unset __encom_f
-trap 'kill -TERM "$__encom_pid" 2>/dev/null' TERM
-trap 'kill -INT "$__encom_pid" 2>/dev/null' INT
 env --default-signal=INT,QUIT bash -c "$__encom_cmd" <&0 &
 __encom_pid=$!
+[ -n "$__encom_sig" ] && kill -"$__encom_sig" "$__encom_pid" 2>/dev/null
 while :; do
   wait "$__encom_pid"
   __encom_status=$?
