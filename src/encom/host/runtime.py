@@ -100,6 +100,7 @@ class Runc:
         and the files only get runc's own errors."""
         log_file = bundle / "runc.log"
         _remove(log_file, pid_file)
+        os.close(os.open(log_file, os.O_WRONLY | os.O_CREAT, 0o600))  # runc appends to it, whatever its umask
         console = ["--console-socket", str(console_socket)] if console_socket is not None else []
         args = [
             *self._base(),
@@ -132,6 +133,9 @@ class Runc:
         code = await proc.wait()
         if code != 0:
             raise RuncError(_reason(log_file, ""))
+        # Written under RUNC_UMASK, inside directories that are root's alone meanwhile.
+        os.chmod(pid_file, 0o600)
+        os.chmod(self.root / container_id, 0o700)
         return _read_pid(pid_file)
 
     async def kill(self, container_id: str, signal: str = "TERM") -> None:
