@@ -7,7 +7,16 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictInt,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from encom.api.errors import ValidationError
 
@@ -185,6 +194,22 @@ BUILD_MAX_PROCS = 1024
 BUILD_TEMP_DISK = 4 << 30
 
 
+# A formation's counts per process type: JSON integers only (lax validation would take `false` as 0).
+ProcessCounts = dict[str, StrictInt]
+
+
+def _unlimited_is_default(v: object) -> object:
+    return DEFAULT_MAX_PROCS if v is None else v
+
+
+# null (what releases stored when max_procs could be unlimited hold) means the default, for API input too.
+MaxProcs = Annotated[
+    int,
+    BeforeValidator(_unlimited_is_default),
+    WithJsonSchema({"anyOf": [{"type": "integer"}, {"type": "null"}], "default": DEFAULT_MAX_PROCS}),
+]
+
+
 class Resources(Wire):
     """Per-process limits. Units: bytes for memory/temp_disk, milli-CPU for cpu (1000 = one core).
     `max_procs` is the job's pids cgroup limit; `temp_disk` the size of the one filesystem holding its /app and
@@ -193,13 +218,8 @@ class Resources(Wire):
     memory: int = 1 << 30
     cpu: int = 1000
     max_fd: int = 10000
-    max_procs: int = DEFAULT_MAX_PROCS
+    max_procs: MaxProcs = DEFAULT_MAX_PROCS
     temp_disk: int = DEFAULT_TEMP_DISK
-
-    @field_validator("max_procs", mode="before")
-    @classmethod
-    def _unlimited_is_default(cls, v: object) -> object:
-        return DEFAULT_MAX_PROCS if v is None else v
 
     @classmethod
     def for_build(cls) -> Resources:
@@ -304,13 +324,13 @@ class Release(ReleaseCreate):
 
 
 class FormationUpdate(Wire):
-    processes: dict[str, int]
+    processes: ProcessCounts
 
 
 class Formation(Wire):
     app_id: str
     release_id: str
-    processes: dict[str, int]
+    processes: ProcessCounts
     updated_at: datetime
 
 
@@ -320,14 +340,14 @@ class ExpandedFormation(Wire):
     app: App
     release: Release
     artifact: Artifact | None
-    processes: dict[str, int]
+    processes: ProcessCounts
     updated_at: datetime
 
 
 class DeployRequest(Wire):
     release_id: str
     # Counts for the new release; when omitted, the current formation's counts are carried over.
-    processes: dict[str, int] | None = None
+    processes: ProcessCounts | None = None
 
 
 DeploymentStatus = Literal["pending", "running", "complete", "failed"]
@@ -340,8 +360,8 @@ class Deployment(Wire):
     new_release_id: str
     strategy: str
     status: DeploymentStatus
-    processes: dict[str, int]  # the new release's counts
-    old_processes: dict[str, int] = Field(default_factory=dict)  # the old release's, restored on failure
+    processes: ProcessCounts  # the new release's counts
+    old_processes: ProcessCounts = Field(default_factory=dict)  # the old release's, restored on failure
     release_job_id: str | None = None  # the release phase's one-off job, when the release has one
     error: str | None = None
     created_at: datetime
