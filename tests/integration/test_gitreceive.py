@@ -279,6 +279,9 @@ def test_slug_is_in_the_blobstore(cluster: Settings) -> None:
     url = run(artifact_url())
     assert url.startswith("/slugs/") and url.endswith(".tgz")
     assert run(blob_exists(cluster, url))
+    # the pushed source was the build's alone: gone once the build has ended (the repository keeps the commit)
+    source = url.replace("/slugs/", "sources/", 1).removesuffix(".tgz") + ".tar"
+    assert not run(blob_exists(cluster, source))
 
 
 def test_second_push_keeps_counts_and_uses_the_cache(pusher: Pusher, example: Path, cluster: Settings) -> None:

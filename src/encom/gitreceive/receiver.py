@@ -185,8 +185,12 @@ class Receiver:
         say(f"-----> Building {self.app_name}...")
         previous = await self.controller.current_release(self.app_id)
         await self.upload_source()
-        app_json = self.app_json(await self.read_file("app.json"))  # before the build: fail early
-        commands = await self.build(previous)
+        try:
+            app_json = self.app_json(await self.read_file("app.json"))  # before the build: fail early
+            commands = await self.build(previous)
+        finally:  # only the build reads it: the repository keeps the commit
+            with contextlib.suppress(ApiError):
+                await self.blobstore.delete(self.paths.source)
         say("-----> Creating release...")
         release = await self.create_release(commands, self.checks(app_json, commands))
         await self.deploy(release)
