@@ -124,10 +124,10 @@ def bootstrap(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @contextlib.contextmanager
-def running_cluster(state: Path) -> Iterator[str]:
-    """`encom.bootstrap up` on port base 4000; yields the `encom cluster add …` line; always `down` at the end."""
+def running_cluster(state: Path, port_base: int = PORT_BASE) -> Iterator[str]:
+    """`encom.bootstrap up`; yields the `encom cluster add …` line; always `down` at the end."""
     try:
-        up = bootstrap("up", "--state-dir", str(state), "--port-base", str(PORT_BASE), "--no-cli")
+        up = bootstrap("up", "--state-dir", str(state), "--port-base", str(port_base), "--no-cli")
         if up.returncode != 0:
             log = state / "log" / "encomd.log"
             tail = log.read_text()[-4000:] if log.exists() else ""

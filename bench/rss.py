@@ -22,17 +22,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
-from bench.deploy import REPO, BenchError, Shell, user_shell
+from bench.deploy import BenchError, Shell, running_cluster, user_shell
 
 PORT_BASE = 7000
 DOMAIN = "encom.localhost"
@@ -83,26 +80,6 @@ def rss_bytes(pid: int) -> int:
 
 def encomd_pid(state: Path) -> int:
     return int((state / "encomd.pid").read_text().strip())
-
-
-def bootstrap(*args: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "encom.bootstrap", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=180, cwd=REPO)
-
-
-@contextlib.contextmanager
-def running_cluster(state: Path, port_base: int) -> Iterator[str]:
-    """`encom.bootstrap up`; yields the `encom cluster add …` line; always `down` at the end."""
-    try:
-        up = bootstrap("up", "--state-dir", str(state), "--port-base", str(port_base), "--no-cli")
-        if up.returncode != 0:
-            log = state / "log" / "encomd.log"
-            tail = log.read_text()[-4000:] if log.exists() else ""
-            raise BenchError(f"bootstrap up failed:\n{up.stdout}\n{up.stderr}\n{tail}")
-        yield next(ln.strip() for ln in up.stdout.splitlines() if ln.strip().startswith("encom cluster add"))
-    finally:
-        down = bootstrap("down", "--state-dir", str(state))
-        print(f"cluster: {down.stdout.strip() or down.stderr.strip()}", file=sys.stderr)
 
 
 async def quiet_rss(pid: int, settle: float) -> int:
