@@ -14,6 +14,7 @@ import signal
 import tarfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,7 +24,7 @@ import pytest
 
 from encom.api.client import ca_context
 from encom.api.role import RoleContext
-from encom.api.settings import Settings
+from encom.api.settings import Ports, Settings
 from encom.api.types import App, ArtifactCreate, HostJob, Job, ProcessType, Release, ReleaseCreate, Resources
 from encom.blobstore.client import BlobstoreClient
 from encom.bootstrap.daemon import become_subreaper
@@ -83,29 +84,36 @@ async def stop_roles(tasks: list[tuple[RoleContext, asyncio.Task[None]]]) -> Non
         await asyncio.gather(task, return_exceptions=True)
 
 
-@pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+@asynccontextmanager
+async def running_roles(tmp_path: Path, ports: Ports = PORTS, without: str | None = None) -> AsyncIterator[Cluster]:
+    """Every role of ROLES (but `without`) in this process, on `ports`; stopped, with their containers, at the end."""
     become_subreaper()  # as encomd is: containers re-parent to us, so the host can read their exit status
-    settings = Settings(data_dir=tmp_path, ports=PORTS, roles=list(ROLES))
+    settings = Settings(data_dir=tmp_path, ports=ports, roles=list(ROLES))
     ensure_tls(settings)
     settings.save()
     verify = ca_context(settings.ca_cert_path)
-    controller = ControllerClient(settings.controller_url, settings.cluster_key, verify=verify)
     cluster = Cluster(
         settings,
-        controller,
+        ControllerClient(settings.controller_url, settings.cluster_key, verify=verify),
         HostClient(settings.host_url, settings.internal_secret),
         BlobstoreClient(settings.blobstore_url, settings.internal_secret),
     )
     try:
         for name in ROLES:
-            cluster.tasks.append(await start_role(name, settings))
+            if name != without:
+                cluster.tasks.append(await start_role(name, settings))
         yield cluster
     finally:
         await stop_roles(cluster.tasks)
         for client in (cluster.controller, cluster.host, cluster.blobstore):
             await client.aclose()
         await asyncio.to_thread(kill_leftover_containers, settings)
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+    async with running_roles(tmp_path) as cluster:
+        yield cluster
 
 
 def kill_leftover_containers(settings: Settings) -> None:

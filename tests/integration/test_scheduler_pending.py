@@ -12,22 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from encom.api.client import ca_context
-from encom.api.settings import Settings
 from encom.api.types import Job
-from encom.blobstore.client import BlobstoreClient
-from encom.bootstrap.daemon import become_subreaper
-from encom.bootstrap.tls import ensure_tls
-from encom.controller.client import ControllerClient
-from encom.host.client import HostClient
 from tests.integration.roles import cluster_ports
 from tests.integration.test_scheduler import (
-    ROLES,
     Cluster,
     deploy_app,
-    kill_leftover_containers,
+    running_roles,
     start_role,
-    stop_roles,
     wait_for,
 )
 
@@ -38,28 +29,8 @@ PORTS = cluster_ports(28000).model_copy(update={"job_start": 28500, "job_end": 2
 
 @pytest.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    become_subreaper()
-    settings = Settings(data_dir=tmp_path, ports=PORTS, roles=list(ROLES))
-    ensure_tls(settings)
-    settings.save()
-    controller = ControllerClient(
-        settings.controller_url, settings.cluster_key, verify=ca_context(settings.ca_cert_path)
-    )
-    cluster = Cluster(
-        settings,
-        controller,
-        HostClient(settings.host_url, settings.internal_secret),
-        BlobstoreClient(settings.blobstore_url, settings.internal_secret),
-    )
-    try:
-        for name in ROLES:
-            cluster.tasks.append(await start_role(name, settings))
+    async with running_roles(tmp_path, PORTS) as cluster:
         yield cluster
-    finally:
-        await stop_roles(cluster.tasks)
-        for client in (cluster.controller, cluster.host, cluster.blobstore):
-            await client.aclose()
-        await asyncio.to_thread(kill_leftover_containers, settings)
 
 
 def by_state(jobs: list[Job], state: str) -> list[Job]:
@@ -110,27 +81,8 @@ async def test_a_job_without_a_free_port_is_pending_with_the_reason(cluster: Clu
 @pytest.fixture
 async def hostless(tmp_path: Path) -> AsyncIterator[Cluster]:
     """The same roles but the host, which the test starts itself."""
-    become_subreaper()
-    settings = Settings(data_dir=tmp_path, ports=PORTS, roles=list(ROLES))
-    ensure_tls(settings)
-    settings.save()
-    verify = ca_context(settings.ca_cert_path)
-    cluster = Cluster(
-        settings,
-        ControllerClient(settings.controller_url, settings.cluster_key, verify=verify),
-        HostClient(settings.host_url, settings.internal_secret),
-        BlobstoreClient(settings.blobstore_url, settings.internal_secret),
-    )
-    try:
-        for name in ROLES:
-            if name != "host":
-                cluster.tasks.append(await start_role(name, settings))
+    async with running_roles(tmp_path, PORTS, without="host") as cluster:
         yield cluster
-    finally:
-        await stop_roles(cluster.tasks)
-        for client in (cluster.controller, cluster.host, cluster.blobstore):
-            await client.aclose()
-        await asyncio.to_thread(kill_leftover_containers, settings)
 
 
 async def test_with_no_host_the_job_waits_and_starts_when_one_comes(hostless: Cluster) -> None:
