@@ -14,6 +14,8 @@ import pytest
 
 from encom.api.errors import ApiError
 from encom.api.types import HostJob, LogLine
+from encom.host import disk
+from encom.host.outputs import output_dir
 from tests.integration.test_host import Cluster, spec
 from tests.integration.test_host import cluster as cluster  # the fixture
 
@@ -94,26 +96,27 @@ def build_outputs(build_id: str) -> dict[str, str]:
     }
 
 
-async def test_the_host_uploads_a_builds_outputs_after_it_ends(cluster: Cluster) -> None:
+async def run_build(cluster: Cluster, script: str) -> tuple[str, HostJob, list[LogLine]]:
+    """A build job of app-b running `script` (as build code would), declaring every output: its id, end, log."""
     build_id = uuid.uuid4().hex
+    spec = {"id": build_id, "app_id": "app-b", "args": ["/bin/bash", "-c", script], "builder": True}
+    ended, lines = await run_to_end(cluster, **spec, outputs=build_outputs(build_id))
+    return build_id, ended, lines
+
+
+async def test_the_host_uploads_a_builds_outputs_after_it_ends(cluster: Cluster) -> None:
     script = (
         'test -z "$SLUG_URL$RESULT_URL$CACHE_PUT_URL" && echo "no-put-url=ok"; '
         "printf slug > /encom/out/slug.tgz; printf '{\"processes\": {}}' > /encom/out/result.json"
     )
-    ended, lines = await run_to_end(
-        cluster,
-        id=build_id,
-        app_id="app-b",
-        args=["/bin/bash", "-c", script],
-        builder=True,
-        outputs=build_outputs(build_id),
-    )
+    build_id, ended, lines = await run_build(cluster, script)
     assert ended.state == "down", (ended, lines)
     assert [line.msg for line in lines if line.source == "app"] == ["no-put-url=ok"]
     assert await cluster.blobstore.get(f"slugs/app-b/{build_id}.tgz") == b"slug"
     assert await cluster.blobstore.get(f"builds/app-b/{build_id}.json") == b'{"processes": {}}'
     assert not await cluster.blobstore.exists("caches/app-b.tar")  # not written: not uploaded
-    assert not (cluster.settings.data_dir / "host" / "jobs" / build_id / "out").exists()
+    job_dir = cluster.settings.data_dir / "host" / "jobs" / build_id
+    assert not output_dir(job_dir).exists() and not disk.image_of(job_dir).exists()
 
 
 @pytest.mark.parametrize(
@@ -128,31 +131,15 @@ async def test_the_host_uploads_a_builds_outputs_after_it_ends(cluster: Cluster)
     ids=["symlink", "fifo", "directory", "hardlink", "too-large"],
 )
 async def test_hostile_outputs_are_refused(cluster: Cluster, script: str, reason: str) -> None:
-    build_id = uuid.uuid4().hex
-    ended, lines = await run_to_end(
-        cluster,
-        id=build_id,
-        app_id="app-b",
-        args=["/bin/bash", "-c", script],
-        builder=True,
-        outputs=build_outputs(build_id),
-    )
+    build_id, ended, lines = await run_build(cluster, script)
     assert ended.state == "crashed" and ended.exit_status == 0, (ended, lines)
     assert ended.error is not None and reason in ended.error, ended.error
     assert not await cluster.blobstore.exists(f"slugs/app-b/{build_id}.tgz")
 
 
 async def test_a_failed_build_uploads_nothing(cluster: Cluster) -> None:
-    build_id = uuid.uuid4().hex
     script = "printf slug > /encom/out/slug.tgz; exit 1"
-    ended, _ = await run_to_end(
-        cluster,
-        id=build_id,
-        app_id="app-b",
-        args=["/bin/bash", "-c", script],
-        builder=True,
-        outputs=build_outputs(build_id),
-    )
+    build_id, ended, _ = await run_build(cluster, script)
     assert ended.state == "crashed" and ended.exit_status == 1
     assert not await cluster.blobstore.exists(f"slugs/app-b/{build_id}.tgz")
 
