@@ -24,7 +24,7 @@ from encom.blobstore.client import BlobstoreClient, app_blob_paths
 from encom.controller.apps import scrub_app_records
 from encom.controller.db import Database
 from encom.controller.events import EventHub
-from encom.discoverd.client import HOST_SERVICE, DiscoverdClient
+from encom.controller.logs import host_urls
 from encom.host.client import HostClient
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,6 @@ class Purger:
         self.db = db
         self.hub = hub
         self.cursor_path = settings.dir("controller") / CURSOR_FILE
-        self.discoverd = DiscoverdClient(settings.discoverd_url, settings.internal_secret)
         self.blobstore = BlobstoreClient(settings.blobstore_url, settings.internal_secret)
 
     def cursor(self) -> int:
@@ -73,7 +72,6 @@ class Purger:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, RETRY_MAX)
         finally:
-            await self.discoverd.aclose()
             await self.blobstore.aclose()
 
     async def purge_until_done(self, app_id: str) -> None:
@@ -97,7 +95,7 @@ class Purger:
         await asyncio.to_thread(self._scrub, app_id)
 
     async def _purge_hosts(self, app_id: str) -> None:
-        urls = [i.meta["url"] for i in await self.discoverd.instances(HOST_SERVICE) if i.meta.get("url")]
+        urls = await host_urls(self.settings)
         if not urls:
             raise PurgeIncomplete("no host is registered in discoverd yet")
         for url in urls:
